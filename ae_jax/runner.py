@@ -1,0 +1,310 @@
+"""The training loop behind `python -m experiments.main`.
+
+`train_and_evaluate(config, workdir)` validates the config, builds the model,
+objective, optimizer and data, restores the latest checkpoint in `workdir` if
+there is one, trains with progress shown, evaluates, and writes into `workdir`:
+
+  metrics.jsonl          one JSON object per logged train step and per eval;
+  tensorboard/           the same scalars as TensorBoard events;
+  checkpoints/           orbax checkpoints (atomic, the last few kept);
+  figures/*.png          reconstructions, prior samples, latent map, curves.
+
+A run started again on the same workdir resumes from its latest checkpoint
+with the data order it would have had, so an interrupted run ends where an
+uninterrupted one would. A non-finite loss or gradient stops the run with a
+`TrainingDivergedError` naming the step and the terms; the checkpoints written
+before it are kept, and none is written after it.
+"""
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+
+from ae_jax import build
+from ae_jax import data as data_lib
+from ae_jax import models
+from ae_jax import parallel
+from ae_jax import plotting
+from ae_jax import train
+
+
+class TrainingDivergedError(FloatingPointError):
+  """The loss or a gradient became NaN or Inf."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects a config that cannot train, before any work is done.
+
+  Raises:
+    ValueError: naming the field and the value at fault.
+  """
+  if config.variant not in build.VARIANTS:
+    raise ValueError(
+        f'config.variant={config.variant!r} is unknown; expected one of {sorted(build.VARIANTS)}.')
+  allowed = build.VARIANTS[config.variant][1]
+  if config.model.name not in allowed:
+    raise ValueError(
+        f'config.model.name={config.model.name!r} does not fit variant {config.variant!r}; '
+        f'expected one of {allowed}.')
+  for field in ('latent_dim', 'num_codes', 'code_dim'):
+    value = config.model.get(field)
+    if value is not None and value <= 0:
+      raise ValueError(f'config.model.{field} must be > 0, got {value}.')
+  for section, field in (('data', 'batch_size'), ('data', 'eval_batch_size'),
+                         ('train', 'num_train_steps'), ('train', 'log_every_steps'),
+                         ('train', 'eval_every_steps'), ('train', 'checkpoint_every_steps'),
+                         ('train', 'num_eval_batches'), ('train', 'keep_checkpoints')):
+    value = config[section][field]
+    if value <= 0:
+      raise ValueError(f'config.{section}.{field} must be > 0, got {value}.')
+  num_devices = jax.device_count()
+  for field in ('batch_size', 'eval_batch_size'):
+    if config.data[field] % num_devices:
+      raise ValueError(
+          f'config.data.{field}={config.data[field]} is not divisible by the '
+          f'{num_devices} devices.')
+  # The builders check the remaining values (β < 0, unknown noise, ...) by name.
+  build.build_objective(config.variant, build.build_model(config.model), config.loss)
+  build.build_optimizer(config.optim)
+
+
+def _data_iterator(config, split: str, *, batch_size: int, shuffle: bool, start_step: int = 0,
+                   drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
+  return data_lib.batches(
+      config.data.name, split, batch_size=batch_size, seed=config.data.shuffle_seed,
+      shuffle=shuffle, drop_remainder=drop_remainder, binarize=config.data.binarize,
+      start_step=start_step, data_dir=config.data.data_dir,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def init_variables(model, x: jax.Array, key: jax.Array) -> dict[str, Any]:
+  """Initial variables of any ae_jax model for an input batch like `x`."""
+  if isinstance(model, (models.MLPVAE, models.ConvVAE)):
+    return model.init(key, x, key)
+  if isinstance(model, models.VQVAE):
+    return model.init(key, x, train=False)
+  return model.init(key, x)
+
+
+def _split_variables(variables) -> tuple[dict, dict]:
+  params = {'params': variables['params']}
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  return params, model_state
+
+
+def _to_host(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+  if bad:
+    terms = ', '.join(f'{k}={v}' for k, v in sorted(metrics.items()))
+    raise TrainingDivergedError(
+        f'Training diverged at step {step}: non-finite {sorted(bad)}. All terms: {terms}. '
+        'The checkpoints written before this step are kept.')
+
+
+class _MetricWriter:
+  """JSON lines plus TensorBoard events (tensorboardX: no TensorFlow needed)."""
+
+  def __init__(self, workdir: str, enabled: bool, start_step: int):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if enabled:
+      self._drop_records_after(start_step)
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def _drop_records_after(self, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: forget their records."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if json.loads(line)['step'] <= step]
+    with open(self.path, 'w') as f:
+      f.writelines(kept)
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
+    for name, value in metrics.items():
+      self._tb.add_scalar(f'{split}/{name}', value, step)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._tb.close()
+
+
+def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.train.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               options=options)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains and evaluates the run described by `config`, writing into `workdir`.
+
+  Returns:
+    The final eval metrics.
+  """
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  model = build.build_model(config.model)
+  objective = build.build_objective(config.variant, model, config.loss)
+  tx = build.build_optimizer(config.optim)
+
+  key = jax.random.key(config.train.seed)
+  init_key, train_key, eval_key = jax.random.split(key, 3)
+  first = next(_data_iterator(config, config.data.train_split,
+                              batch_size=config.data.batch_size, shuffle=False))
+  params, model_state = _split_variables(
+      init_variables(model, jnp.asarray(first['image'][:1]), init_key))
+  state = train.create_train_state(params, tx, model_state)
+
+  manager = _checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+    print(f'Resumed from {workdir}/checkpoints at step {int(state.step)}.', flush=True)
+  start_step = int(state.step)
+
+  if jax.device_count() > 1:
+    mesh = parallel.make_mesh()
+    train_step = parallel.make_sharded_train_step(objective, tx, mesh)
+    eval_step = train.make_eval_step(objective)
+    state = jax.device_put(state, parallel.replicated_sharding(mesh))
+    put = lambda batch: parallel.shard_batch(batch, mesh)
+  else:
+    train_step = train.make_train_step(objective, tx)
+    eval_step = train.make_eval_step(objective)
+    put = lambda batch: jax.tree.map(jnp.asarray, batch)
+
+  writer = _MetricWriter(workdir, enabled=is_main, start_step=start_step)
+  num_steps = config.train.num_train_steps
+  train_iter = _data_iterator(config, config.data.train_split, batch_size=config.data.batch_size,
+                              shuffle=True, start_step=start_step)
+  progress = tqdm.tqdm(total=num_steps, initial=start_step, unit='step', dynamic_ncols=True,
+                       disable=not (config.train.progress_bar and is_main))
+
+  def evaluate(step: int) -> dict[str, float]:
+    eval_iter = _data_iterator(config, config.data.eval_split,
+                               batch_size=config.data.eval_batch_size, shuffle=False,
+                               drop_remainder=False)
+    totals, count = {}, 0
+    for _, batch in zip(range(config.train.num_eval_batches), eval_iter):
+      metrics = _to_host(eval_step(state, put(batch), eval_key))
+      for k, v in metrics.items():
+        totals[k] = totals.get(k, 0.0) + v
+      count += 1
+    result = {k: v / count for k, v in totals.items()}
+    writer.write(step, 'eval', result)
+    return result
+
+  # Metrics are read one step late so the host never waits on the step it just
+  # dispatched; a save waits for its own step's metrics, so no checkpoint ever
+  # holds a state reached through a non-finite loss or gradient.
+  pending = None
+  eval_metrics: dict[str, float] = {}
+  start_time = time.time()
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      batch = put(next(train_iter))
+      state, metrics = train_step(state, batch, train_key)
+      if pending is not None:
+        _finish_step(*pending, writer=writer, config=config, progress=progress)
+      pending = (step, metrics)
+      if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
+        _finish_step(*pending, writer=writer, config=config, progress=progress)
+        pending = None
+        manager.save(step, args=ocp.args.StandardSave(state))
+      if step % config.train.eval_every_steps == 0 or step == num_steps:
+        eval_metrics = evaluate(step)
+        progress.write(f'step {step}: eval ' +
+                       ', '.join(f'{k}={v:.4g}' for k, v in sorted(eval_metrics.items())))
+    if pending is not None:
+      _finish_step(*pending, writer=writer, config=config, progress=progress)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    progress.close()
+    writer.close()
+
+  if not eval_metrics:
+    eval_metrics = evaluate(start_step)
+  if is_main:
+    paths = write_figures(config, model, state, workdir, eval_key)
+    seconds = time.time() - start_time
+    print(f'Trained steps {start_step}..{num_steps} in {seconds:.1f} s. '
+          f'Test metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(eval_metrics.items())))
+    print(f'Metrics: {writer.path}')
+    print('Figures: ' + ', '.join(paths))
+  return eval_metrics
+
+
+def _finish_step(step, metrics, *, writer, config, progress) -> None:
+  host = _to_host(metrics)
+  _check_finite(step, host)
+  progress.update(step - progress.n)
+  progress.set_postfix(loss=f"{host['loss']:.4g}", refresh=False)
+  if step % config.train.log_every_steps == 0 or step == config.train.num_train_steps:
+    writer.write(step, 'train', host)
+
+
+def write_figures(config, model, state, workdir: str, key: jax.Array) -> list[str]:
+  """Reconstructions, prior samples (generative models), the latent map and
+  the training curves, as PNG files under workdir/figures."""
+  n = config.train.num_figure_examples
+  batch = next(_data_iterator(config, config.data.eval_split,
+                              batch_size=max(config.data.eval_batch_size, n), shuffle=False,
+                              drop_remainder=False))
+  variables = jax.device_get({**state.params, **state.model_state})
+  x = jnp.asarray(batch['image'])
+  paths = []
+
+  if isinstance(model, (models.MLPVAE, models.ConvVAE)):
+    mean, _ = model.apply(variables, x, method=model.encode)
+    codes = mean
+    logits = model.apply(variables, mean[:n], method=model.decode).reshape(x[:n].shape)
+    z = jax.random.normal(key, (n,) + mean.shape[1:])
+    samples = jax.nn.sigmoid(model.apply(variables, z, method=model.decode)).reshape(
+        (n,) + x.shape[1:])
+    paths.append(plotting.save_image_grid(
+        np.asarray(samples), plotting.figure_path(workdir, 'samples.png'),
+        title=f'{config.variant}: samples from the prior'))
+  elif isinstance(model, models.VQVAE):
+    out = model.apply(variables, x, train=False)
+    codes, logits = out.z_e.reshape(len(x), -1), out.logits[:n]
+  else:
+    out = model.apply(variables, x)
+    codes, logits = out.z, out.logits[:n]
+
+  reconstructions = np.asarray(jax.nn.sigmoid(logits))
+  if config.loss.get('output_activation') == 'identity':
+    reconstructions = np.asarray(logits)
+  paths.append(plotting.save_reconstructions(
+      np.asarray(x[:n]), reconstructions, plotting.figure_path(workdir, 'reconstructions.png'),
+      title=f'{config.variant}: test inputs and reconstructions'))
+  paths.append(plotting.save_latent_map(
+      np.asarray(codes), batch.get('label'), plotting.figure_path(workdir, 'latent_map.png'),
+      title=f'{config.variant}: test codes'))
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(metrics_path):
+    paths.append(plotting.save_training_curves(
+        metrics_path, plotting.figure_path(workdir, 'training_curves.png')))
+  return paths

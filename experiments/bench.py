@@ -1,0 +1,125 @@
+"""Train-step throughput of every variant, against the machine's matmul peak.
+
+  python -m experiments.bench                      # every variant, batch 128 and 1024
+  python -m experiments.bench --only=vae,contractive --batches=128
+
+Prints one JSON object per line:
+  name, batch, step_ms, samples_per_s;
+  gflops: the compiled step's floating-point operations as XLA's cost analysis
+    counts them, divided by the measured step time;
+  peak_gflops: the best fp32 matmul rate XLA reaches on this machine, measured
+    in the same run (square matmuls, the best of several sizes);
+  fraction_of_peak = gflops / peak_gflops;
+  relative_to_plain_ae (contractive rows): the step's time over the time of the
+    plain autoencoder step with the same model and batch, measured side by side.
+
+Timings are the median of repeated steps after compilation; the first line
+reports the matmul peak itself. Run it on an otherwise idle machine.
+"""
+
+import argparse
+import importlib
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ae_jax import build
+from ae_jax import objectives
+from ae_jax import runner
+from ae_jax import train
+
+CONTRACTIVE_MODES = ('jacfwd', 'jacrev', 'auto', 'dense_first', 'estimate')
+
+
+def _median_seconds(fn, *, min_repeats: int = 10, min_seconds: float = 1.0) -> float:
+  """Median wall time of fn(), which must block until its result is ready."""
+  fn()
+  times = []
+  start = time.perf_counter()
+  while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def matmul_peak_gflops() -> float:
+  """The best fp32 matmul rate over a few square sizes, in GFLOP/s."""
+  best = 0.0
+  for n in (512, 1024, 2048):
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    seconds = _median_seconds(lambda: matmul(a, b).block_until_ready())
+    best = max(best, 2 * n**3 / seconds / 1e9)
+  return best
+
+
+def _time_step(model, objective, tx, batch_size: int, image_shape=(28, 28, 1)):
+  """(seconds per step, flops per step) of the jitted train step."""
+  key = jax.random.key(0)
+  images = jax.random.uniform(key, (batch_size,) + image_shape, jnp.float32)
+  batch = {'image': images}
+  params, model_state = runner._split_variables(runner.init_variables(model, images[:1], key))  # pylint: disable=protected-access
+  state = train.create_train_state(params, tx, model_state)
+  step_fn = train.make_train_step(objective, tx, donate=False)
+  compiled = step_fn.lower(state, batch, key).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', 0.0))
+
+  def run():
+    new_state, metrics = compiled(state, batch, key)
+    jax.block_until_ready((new_state, metrics))
+
+  return _median_seconds(run), flops
+
+
+def _row(name, batch, seconds, flops, peak, **extra):
+  gflops = flops / seconds / 1e9
+  return {'name': name, 'batch': batch, 'step_ms': round(seconds * 1e3, 3),
+          'samples_per_s': round(batch / seconds, 1), 'gflops': round(gflops, 2),
+          'peak_gflops': round(peak, 2), 'fraction_of_peak': round(gflops / peak, 4), **extra}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--only', default='', help='Comma-separated variants (default: all).')
+  parser.add_argument('--batches', default='128,1024', help='Comma-separated batch sizes.')
+  args = parser.parse_args()
+  variants = args.only.split(',') if args.only else list(build.VARIANTS)
+  batches = [int(b) for b in args.batches.split(',')]
+
+  peak = matmul_peak_gflops()
+  print(json.dumps({'name': 'matmul_peak', 'peak_gflops': round(peak, 2),
+                    'backend': jax.default_backend(), 'devices': jax.device_count()}), flush=True)
+  for variant in variants:
+    config = importlib.import_module(f'experiments.configs.{variant}').get_config()
+    model = build.build_model(config.model)
+    tx = build.build_optimizer(config.optim)
+    for batch_size in batches:
+      if variant != 'contractive':
+        objective = build.build_objective(variant, model, config.loss)
+        seconds, flops = _time_step(model, objective, tx, batch_size)
+        print(json.dumps(_row(variant, batch_size, seconds, flops, peak)), flush=True)
+        continue
+      # The contractive step against the plain AE step with the same model.
+      plain = objectives.make_autoencoder_objective(
+          model, reconstruction=config.loss.reconstruction)
+      plain_seconds, plain_flops = _time_step(model, plain, tx, batch_size)
+      print(json.dumps(_row('plain_ae_for_contractive', batch_size, plain_seconds, plain_flops,
+                            peak, relative_to_plain_ae=1.0)), flush=True)
+      for mode in CONTRACTIVE_MODES:
+        loss_config = dict(config.loss.to_dict(), mode=mode)
+        objective = build.build_objective(variant, model, loss_config)
+        seconds, flops = _time_step(model, objective, tx, batch_size)
+        print(json.dumps(_row(f'contractive_{mode}', batch_size, seconds, flops, peak,
+                              relative_to_plain_ae=round(seconds / plain_seconds, 3))),
+              flush=True)
+
+
+if __name__ == '__main__':
+  main()
