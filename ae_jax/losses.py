@@ -22,6 +22,7 @@ import math
 from typing import Literal
 
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 
 EncodeFn = Callable[[jax.Array], jax.Array]
@@ -253,7 +254,7 @@ def kl_sparsity(activations_BxH: jax.Array, *, rho: float,
   References:
     Ng, "Sparse autoencoder", CS294A lecture notes, Stanford 2011, Sec. 3.
   """
-  rho_hat = jnp.mean(activations_BxH, axis=-1, keepdims=True)
+  rho_hat = jnp.mean(activations_BxH, axis=0)
   rho_hat = jnp.clip(rho_hat, eps, 1.0 - eps)
   xlogy = jax.scipy.special.xlogy
   kl = (xlogy(rho, rho) - xlogy(rho, rho_hat)
@@ -298,10 +299,15 @@ def contractive_penalty(
     784 -> 32 encoder).
 
   The result is differentiable w.r.t. whatever ``encode_fn`` closes over (the
-  encoder parameters), so it can sit inside a training loss. For an encoder
-  whose first layer is dense, :func:`contractive_penalty_dense_first` computes
-  the same value much faster; :func:`contractive_penalty_estimate` gives an
-  unbiased estimate for about the price of one extra forward pass.
+  encoder parameters), so it can sit inside a training loss. Differentiating
+  it again costs about twice the Jacobian itself, and the Jacobian touches the
+  D-wide first layer H times per example: for a 784-256-128-32 MLP encoder at
+  batch 128 the gradient of reconstruction + penalty costs about 19x the
+  floating-point work of the reconstruction-only gradient (17-22x in time on
+  2 CPU cores). For an encoder whose first layer is dense,
+  :func:`contractive_penalty_dense_first` computes the same value and
+  gradient for about 7.7x (7-9x in time); :func:`contractive_penalty_estimate`
+  gives an unbiased estimate for about 1.5x.
 
   Args:
     encode_fn: maps ONE example ``x_D`` (any shape) to its code ``h_H`` (any
@@ -338,7 +344,6 @@ def _gram_quadratic_form(jac_BxHxH1: jax.Array,
   return jnp.sum(jac_gram_BxHxH1 * jac_BxHxH1, axis=(1, 2))
 
 
-@_gram_quadratic_form.defjvp
 def _gram_quadratic_form_jvp(primals, tangents):
   # The rule exists for speed; its value equals plain autodiff's. With
   # G = K^T K symmetric and A_b = J_b^T J_b symmetric,
@@ -348,17 +353,25 @@ def _gram_quadratic_form_jvp(primals, tangents):
   # dJ cotangent is elementwise) and the dK cotangent costs one batched
   # J^T J plus one [D, H1] x [H1, H1] product. Plain autodiff of the primal
   # also forms J G^T and differentiates G = K^T K through two products.
+  # Symbolic-zero tangents (an argument not being differentiated) skip
+  # their term.
   jac_BxHxH1, kernel_DxH1 = primals
   d_jac_BxHxH1, d_kernel_DxH1 = tangents
   gram_H1xH1 = kernel_DxH1.T @ kernel_DxH1
   jac_gram_BxHxH1 = jnp.einsum('bhk,kl->bhl', jac_BxHxH1, gram_H1xH1)
   q_B = jnp.sum(jac_gram_BxHxH1 * jac_BxHxH1, axis=(1, 2))
-  d_gram_half_H1xH1 = kernel_DxH1.T @ d_kernel_DxH1
-  dq_B = 2.0 * (
-      jnp.sum(jac_gram_BxHxH1 * d_jac_BxHxH1, axis=(1, 2))
-      + jnp.sum(jnp.einsum('bhk,kl->bhl', jac_BxHxH1, d_gram_half_H1xH1)
-                * jac_BxHxH1, axis=(1, 2)))
-  return q_B, dq_B
+  half_dq_B = jnp.zeros_like(q_B)
+  if not isinstance(d_jac_BxHxH1, SymbolicZero):
+    half_dq_B += jnp.sum(jac_gram_BxHxH1 * d_jac_BxHxH1, axis=(1, 2))
+  if not isinstance(d_kernel_DxH1, SymbolicZero):
+    d_gram_half_H1xH1 = kernel_DxH1.T @ d_kernel_DxH1
+    half_dq_B += jnp.sum(
+        jnp.einsum('bhk,kl->bhl', jac_BxHxH1, d_gram_half_H1xH1) * jac_BxHxH1,
+        axis=(1, 2))
+  return q_B, 2.0 * half_dq_B
+
+
+_gram_quadratic_form.defjvp(_gram_quadratic_form_jvp, symbolic_zeros=True)
 
 
 def contractive_penalty_dense_first(
@@ -381,10 +394,15 @@ def contractive_penalty_dense_first(
   ``G`` (``[H1, H1]``) is computed once per batch, so the D-wide input is never
   touched per example: the cost per example is the ``[H, H1]`` Jacobian of the
   cheap part ``g`` plus ``H * H1^2`` for the contraction, instead of
-  ``H * H1 * D`` for the full ``[H, D]`` Jacobian. When ``D < H1`` the direct
-  product ``J_g K^T`` is cheaper and is used instead (same value). ``J_g`` is
-  built with ``jax.jacrev`` (H VJPs) when ``H <= H1`` and ``jax.jacfwd`` (H1
-  JVPs) otherwise, unless ``mode`` forces one.
+  ``H * H1 * D`` for the full ``[H, D]`` Jacobian. When the direct product
+  ``J_g K^T`` needs fewer multiply-adds (roughly when ``D < H1``) it is used
+  instead; the value is the same. ``J_g`` is built with ``jax.jacrev`` (H
+  VJPs) when ``H <= H1`` and ``jax.jacfwd`` (H1 JVPs) otherwise, unless
+  ``mode`` forces one. A custom JVP for the Gram contraction keeps its
+  gradient to one more ``H * H1^2`` product per example. For a 784-256-128-32
+  MLP encoder at batch 128 the gradient of reconstruction + penalty costs about
+  7.7x the floating-point work of the reconstruction-only gradient (7-9x in
+  time on 2 CPU cores), against about 19x for :func:`contractive_penalty`.
 
   Gradients flow through both ``u_BxH1`` and ``kernel_DxH1``: pass the same,
   un-stopped kernel that produced ``u`` to get the full gradient.
@@ -430,7 +448,7 @@ def contractive_penalty_estimate(
     key: jax.Array,
     *,
     num_probes: int = 1,
-    mode: Literal['jvp', 'vjp'] = 'jvp',
+    mode: Literal['vjp', 'jvp'] = 'vjp',
 ) -> jax.Array:
   r"""Unbiased random-projection estimate of :math:`\|J_f(x_b)\|_F^2`.
 
@@ -443,19 +461,26 @@ def contractive_penalty_estimate(
   * ``'vjp'``: :math:`u \sim \mathcal{N}(0, I_H)`, :math:`u^\top J` by
     ``jax.vjp``: one reverse pass (w.r.t. the input) per probe.
 
-  The estimate is the mean over ``num_probes`` independent probes per example;
-  with Gaussian probes one probe has variance :math:`2\|J^\top J\|_F^2`. The
-  probes do not depend on the parameters, so the gradient of the estimate is
-  an unbiased estimate of the gradient of the exact penalty. In a training
-  step ``'jvp'`` is usually the cheaper mode: its probe is a constant fed into
-  the first layer, so no gradient w.r.t. the D-wide input is ever formed.
+  Both have the same variance per probe, :math:`2\|J^\top J\|_F^2 =
+  2\|J J^\top\|_F^2`; the estimate is the mean over ``num_probes``
+  independent probes per example. The probes do not depend on the parameters,
+  so the gradient of the estimate is an unbiased estimate of the gradient of
+  the exact penalty.
+
+  Cost in a training step: ``'jvp'`` adds one fewer D-wide matrix product to
+  the gradient (its probe is a constant, so nothing is pulled back to the
+  input), but draws ``B * D`` normals per probe where ``'vjp'`` draws
+  ``B * H``; on CPU, drawing the D-wide probes costs about as much as the
+  product it saves. ``'vjp'`` is the default: for a 784-256-128-32 MLP encoder
+  at batch 128 one probe made the gradient step about 1.3-1.5x as costly as
+  the reconstruction-only step on 2 CPU cores, ``'jvp'`` about 1.35-1.55x.
 
   Args:
     encode_fn: maps ONE example ``x_D`` to its code ``h_H``; vmapped here.
     x_BxD: ``[B, ...]`` batch of inputs.
     key: PRNG key (``jax.random.key``) for the probes.
     num_probes: number of probes ``P`` averaged per example.
-    mode: ``'jvp'`` or ``'vjp'`` (see above).
+    mode: ``'vjp'`` (default) or ``'jvp'`` (see above).
 
   Returns:
     ``[B]`` unbiased estimates of the squared Frobenius norms.

@@ -190,12 +190,16 @@ def make_contractive_objective(
 ) -> Objective:
   """Contractive AE: reconstruction + λ·‖J_f(x)‖²_F of the encoder f.
 
-  Modes: 'jacfwd' and 'jacrev' form the exact Jacobian forward or backward;
-  'auto' picks the cheaper of the two from the shapes (reverse for a code
-  narrower than the input); 'dense_first' is exact and uses the model's dense
+  Modes: 'jacfwd' and 'jacrev' form the exact Jacobian forward or backward
+  through the whole encoder; 'dense_first' is exact and uses the model's dense
   first layer (`encode_first`, `encode_rest`, `first_kernel`) so the D-wide
-  input is touched once per batch rather than once per code unit; 'estimate'
-  is the unbiased random-projection estimate with `num_probes` probes.
+  input enters once per batch, through KᵀK, rather than once per code unit;
+  'estimate' is the unbiased random-projection estimate with `num_probes`
+  probes. 'auto', the default, is the cheapest exact mode: 'dense_first' when
+  the model has a dense first layer (about 8x the plain AE step for the
+  784-256-128-32 encoder, against about 20x for reverse mode over the whole
+  encoder; see `make bench`), else the cheaper of 'jacrev' and 'jacfwd' from
+  the shapes (reverse for a code narrower than the input).
 
   References:
     Rifai et al. 2011, "Contractive auto-encoders: explicit invariance during
@@ -205,7 +209,10 @@ def make_contractive_objective(
   _check_nonnegative(weight=weight)
   if mode not in CONTRACTIVE_MODES:
     raise ValueError(f'Unknown contractive mode {mode!r}; expected one of {CONTRACTIVE_MODES}.')
-  if mode == 'dense_first' and not hasattr(model, 'encode_first'):
+  has_dense_first = hasattr(model, 'encode_first')
+  if mode == 'auto' and has_dense_first:
+    mode = 'dense_first'
+  if mode == 'dense_first' and not has_dense_first:
     raise ValueError(
         f"mode='dense_first' needs a model with a dense first layer "
         f'(encode_first/encode_rest/first_kernel); {type(model).__name__} has none.')

@@ -11,6 +11,7 @@ again with the same --workdir resumes from its latest checkpoint.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from ae_jax import runner
@@ -23,6 +24,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Orbax logs every save at INFO; the progress bar and metrics say what matters.
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -315,6 +315,11 @@ class ContractiveTest(chex.TestCase):
     chex.assert_trees_all_close(
         jax.grad(dense)(layers), jax.grad(generic)(layers), rtol=1e-4,
         atol=1e-6)
+    # With the first layer held fixed the kernel's tangent is a symbolic zero.
+    deeper = lambda loss: jax.grad(lambda rest: loss([layers[0], *rest]))
+    chex.assert_trees_all_close(
+        deeper(dense)(layers[1:]), deeper(generic)(layers[1:]), rtol=1e-4,
+        atol=1e-6)
 
   @parameterized.named_parameters(
       ('jacrev', 'jacrev'), ('jacfwd', 'jacfwd'), ('dense_first', 'dense'))

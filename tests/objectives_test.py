@@ -106,13 +106,13 @@ def test_vae_warmup_and_capacity_schedules():
       loss, metrics['recon'] + 100.0 * jnp.abs(metrics['kl'] - 10.0), rtol=1e-5)
 
 
-@pytest.mark.parametrize('mode', ['jacfwd', 'jacrev', 'dense_first'])
+@pytest.mark.parametrize('mode', ['jacrev', 'dense_first', 'auto'])
 def test_contractive_modes_agree(mode):
   model = models.MLPAutoencoder(hidden=(32, 16), latent_dim=8, activation='sigmoid',
                                 latent_activation='sigmoid')
   batch = _image_batch(4)
   params, _ = _init(model, batch)
-  reference, _ = objectives.make_contractive_objective(model, weight=1.0, mode='auto')(
+  reference, _ = objectives.make_contractive_objective(model, weight=1.0, mode='jacfwd')(
       params, batch, KEY)
   loss, metrics = objectives.make_contractive_objective(model, weight=1.0, mode=mode)(
       params, batch, KEY)

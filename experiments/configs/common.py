@@ -28,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name='mnist5k', train_split='train', eval_split='test', batch_size=128,
       eval_batch_size=500, binarize=False, data_dir=config_dict.placeholder(str),
-      download=False, shuffle_seed=0))
+      shuffle_seed=0))
 
   config.train = ml_collections.ConfigDict(dict(
       seed=0, num_train_steps=2000, log_every_steps=50, eval_every_steps=500,
@@ -54,7 +54,6 @@ def with_preset(config: ml_collections.ConfigDict, arg: str | None) -> ml_collec
     config.train.progress_bar = False
   elif preset == 'colab_tpu':
     config.data.name = 'fashion_mnist'
-    config.data.download = True
     config.data.batch_size = 1024
     config.data.eval_batch_size = 1000
     config.train.num_train_steps = 20_000
