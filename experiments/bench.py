@@ -11,7 +11,9 @@ Prints one JSON object per line:
     in the same run (square matmuls, the best of several sizes);
   fraction_of_peak = gflops / peak_gflops;
   relative_to_plain_ae (contractive rows): the step's time over the time of the
-    plain autoencoder step with the same model and batch, measured side by side.
+    plain autoencoder step with the same model and batch, measured side by side;
+  vae_matmuls_only rows: only the matrix products of the MLP VAE step, the
+    ceiling on the step's fraction of peak.
 
 Timings are the median of repeated steps after compilation; the first line
 reports the matmul peak itself. Run it on an otherwise idle machine.
@@ -78,6 +80,39 @@ def _time_step(model, objective, tx, batch_size: int, image_shape=(28, 28, 1)):
   return _median_seconds(run), flops
 
 
+def _mlp_vae_matmul_bound(batch_size: int, dims=(784, 400, 20)) -> tuple[float, float]:
+  """(seconds, flops) of only the matrix products of one MLP VAE train step.
+
+  The forward pass (784→400→2·20, 20→400→784) and the backward products
+  (weight gradients, and input gradients below the first layer), with no
+  elementwise work, loss or optimizer: no step can run faster than this on
+  the machine, so it is the ceiling for the step's fraction of peak.
+  """
+  d, h, z = dims
+  keys = jax.random.split(jax.random.key(0), 6)
+  x = jax.random.uniform(keys[0], (batch_size, d))
+  w1, w_mv = jax.random.normal(keys[1], (d, h)), jax.random.normal(keys[2], (h, 2 * z))
+  w3, w4 = jax.random.normal(keys[3], (z, h)), jax.random.normal(keys[4], (h, d))
+
+  @jax.jit
+  def products(x, w1, w_mv, w3, w4):
+    h1 = x @ w1
+    mv = h1 @ w_mv
+    h2 = mv[:, :z] @ w3
+    out = h2 @ w4
+    d_h2 = out @ w4.T
+    d_mv = jnp.concatenate([d_h2 @ w3.T, d_h2 @ w3.T], axis=1)
+    d_h1 = d_mv @ w_mv.T
+    return (h2.T @ out, mv[:, :z].T @ d_h2, h1.T @ d_mv, x.T @ d_h1)
+
+  compiled = products.lower(x, w1, w_mv, w3, w4).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  seconds = _median_seconds(
+      lambda: jax.block_until_ready(compiled(x, w1, w_mv, w3, w4)))
+  return seconds, float(cost.get('flops', 0.0))
+
+
 def _row(name, batch, seconds, flops, peak, **extra):
   gflops = flops / seconds / 1e9
   return {'name': name, 'batch': batch, 'step_ms': round(seconds * 1e3, 3),
@@ -105,6 +140,11 @@ def main():
         objective = build.build_objective(variant, model, config.loss)
         seconds, flops = _time_step(model, objective, tx, batch_size)
         print(json.dumps(_row(variant, batch_size, seconds, flops, peak)), flush=True)
+        if variant == 'vae':
+          bound_seconds, bound_flops = _mlp_vae_matmul_bound(batch_size)
+          print(json.dumps(_row('vae_matmuls_only', batch_size, bound_seconds, bound_flops, peak,
+                                relative_to_vae_step=round(bound_seconds / seconds, 3))),
+                flush=True)
         continue
       # The contractive step against the plain AE step with the same model.
       plain = objectives.make_autoencoder_objective(
