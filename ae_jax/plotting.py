@@ -1,16 +1,14 @@
 """Figures a person reads after a run, written as PNG files.
 
-Every function takes numpy arrays and a path, draws with matplotlib's Agg
-backend (no display needed) and returns the path it wrote.
+Every function takes numpy arrays and a path, draws on a bare
+`matplotlib.figure.Figure` (no pyplot, no display, and no change to the
+backend of a notebook that imports it) and returns the path it wrote.
 """
 
 import json
 import os
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.figure import Figure
 import numpy as np
 
 
@@ -40,7 +38,8 @@ def save_reconstructions(inputs: np.ndarray, reconstructions: np.ndarray, path: 
   """Inputs on the top row of each pair, reconstructions beneath them."""
   n = len(inputs)
   ncols = min(n, 8)
-  fig, axes = plt.subplots(2, 1, figsize=(1.2 * ncols, 3.0 * -(-n // ncols)))
+  fig = Figure(figsize=(1.2 * ncols, 3.0 * -(-n // ncols)))
+  axes = fig.subplots(2, 1)
   _show(axes[0], _tile(np.asarray(inputs), ncols))
   axes[0].set_title('inputs')
   _show(axes[1], _tile(np.asarray(reconstructions), ncols))
@@ -49,7 +48,6 @@ def save_reconstructions(inputs: np.ndarray, reconstructions: np.ndarray, path: 
     fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -57,13 +55,13 @@ def save_image_grid(images: np.ndarray, path: str, *, title: str = '', ncols: in
   """A grid of images, e.g. samples from the prior."""
   n = len(images)
   ncols = min(ncols, n)
-  fig, ax = plt.subplots(figsize=(1.2 * ncols, 1.2 * -(-n // ncols) + 0.4))
+  fig = Figure(figsize=(1.2 * ncols, 1.2 * -(-n // ncols) + 0.4))
+  ax = fig.subplots()
   _show(ax, _tile(np.asarray(images), ncols))
   if title:
     ax.set_title(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -78,7 +76,8 @@ def save_latent_map(codes_NxZ: np.ndarray, labels_N: np.ndarray | None, path: st
     centred = codes - codes.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     xy, axis_names = centred @ vt[:2].T, ('PC 1', 'PC 2')
-  fig, ax = plt.subplots(figsize=(5.5, 5))
+  fig = Figure(figsize=(5.5, 5))
+  ax = fig.subplots()
   scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels_N, cmap='tab10', s=6, alpha=0.8)
   if labels_N is not None:
     fig.colorbar(scatter, ax=ax, label='label')
@@ -87,7 +86,6 @@ def save_latent_map(codes_NxZ: np.ndarray, labels_N: np.ndarray | None, path: st
   ax.set_title(title or 'latent space')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -106,7 +104,8 @@ def save_training_curves(metrics_path: str, path: str) -> str:
   names = sorted({name for name, _ in series})
   ncols = min(3, max(1, len(names)))
   nrows = max(1, -(-len(names) // ncols))
-  fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3 * nrows), squeeze=False)
+  fig = Figure(figsize=(4.2 * ncols, 3 * nrows))
+  axes = fig.subplots(nrows, ncols, squeeze=False)
   for ax, name in zip(axes.flat, names):
     for split in ('train', 'eval'):
       if (name, split) in series:
@@ -119,7 +118,6 @@ def save_training_curves(metrics_path: str, path: str) -> str:
     ax.axis('off')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 

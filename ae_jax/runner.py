@@ -14,11 +14,39 @@ with the data order it would have had, so an interrupted run ends where an
 uninterrupted one would. A non-finite loss or gradient stops the run with a
 `TrainingDivergedError` naming the step and the terms; the checkpoints written
 before it are kept, and none is written after it.
+
+Devices and processes. With one device the loop uses `train.make_train_step`;
+with more (one process or several) it uses the jit + NamedSharding step of
+`ae_jax.parallel` on a 1-D mesh over all devices of all processes. The global
+batch `config.data.batch_size` is the same either way; each process loads only
+its rows of every batch. State and keys are replicated and the sharded program
+draws the same noise as the single-device one, so a run on n devices follows
+the 1-device run up to float summation order. With more than one device the
+loop blocks on every step (it reads that step's metrics at once): on CPU hosts
+with few cores, a stream of unblocked all-reduce steps over fake devices was
+seen to deadlock now and then (XLA then aborts the process after about 60 s).
+Checkpoints hold the unreplicated state and restore on any device count.
+In a multi-process run (`jax.distributed.initialize` called first, as
+`experiments/main.py` does) every process calls the orbax save and restore,
+which write and read collectively; metrics, TensorBoard events, figures and
+printed lines come from process 0 only.
+
+Preemption. A SIGTERM makes the loop finish the step in flight, save a
+checkpoint at the next step boundary every process agrees on, and raise
+`Preempted`; running again on the same workdir resumes there. With
+`jax.distributed` initialized the agreement comes from JAX's preemption service
+through `CheckpointManager.reached_preemption(step)` (JAX itself catches
+SIGTERM in every process, and a signal to any one process stops all at the same
+step); otherwise a Python SIGTERM handler, installed for the duration of the
+loop, sets a flag checked after every step.
 """
 
+import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -40,6 +68,22 @@ from ae_jax import train
 
 class TrainingDivergedError(FloatingPointError):
   """The loss or a gradient became NaN or Inf."""
+
+
+class Preempted(Exception):  # pylint: disable=g-bad-exception-name
+  """The run stopped on a preemption notice (SIGTERM) after saving a checkpoint.
+
+  Attributes:
+    step: the step of the saved checkpoint, where a rerun resumes.
+    checkpoint_dir: the directory holding it.
+  """
+
+  def __init__(self, step: int, checkpoint_dir: str):
+    super().__init__(
+        f'Preempted: saved a checkpoint at step {step} in {checkpoint_dir}; run the '
+        'same command again to resume from it.')
+    self.step = step
+    self.checkpoint_dir = checkpoint_dir
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -79,12 +123,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _data_iterator(config, split: str, *, batch_size: int, shuffle: bool, start_step: int = 0,
-                   drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                   drop_remainder: bool = True,
+                   whole_batch: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """Batches of `split`; this process's rows of each global batch unless `whole_batch`."""
   return data_lib.batches(
       config.data.name, split, batch_size=batch_size, seed=config.data.shuffle_seed,
       shuffle=shuffle, drop_remainder=drop_remainder, binarize=config.data.binarize,
       start_step=start_step, data_dir=config.data.data_dir,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=0 if whole_batch else jax.process_index(),
+      process_count=1 if whole_batch else jax.process_count())
+
+
+def _replicate_key(key: jax.Array, sharding: jax.sharding.Sharding) -> jax.Array:
+  """`key` as a global array with `sharding` (device_put refuses committed local keys)."""
+  data = np.asarray(jax.random.key_data(key))
+  return jax.random.wrap_key_data(jax.device_put(data, sharding), impl=jax.random.key_impl(key))
 
 
 def init_variables(model, x: jax.Array, key: jax.Array) -> dict[str, Any]:
@@ -149,6 +202,39 @@ class _MetricWriter:
       self._tb.close()
 
 
+class _PreemptionNotice:
+  """Says after which step to stop for a SIGTERM: the same step in every process.
+
+  Under `jax.distributed`, JAX's preemption service catches SIGTERM and
+  `reached_preemption(step)` (to be called at every step by every process)
+  turns true at one agreed step. In a plain single-process run a Python
+  handler sets a flag instead; there is nobody to agree with.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager, enabled: bool):
+    self._manager = manager
+    self._distributed = enabled and jax.distributed.is_initialized()
+    self._signaled = False
+    self._previous_handler = None
+    if (enabled and not self._distributed
+        and threading.current_thread() is threading.main_thread()):
+      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._signaled = True
+
+  def reached(self, step: int) -> bool:
+    if self._distributed:
+      return self._manager.reached_preemption(step)
+    return self._signaled
+
+  def close(self) -> None:
+    if self._previous_handler is not None:
+      signal.signal(signal.SIGTERM, self._previous_handler)
+      self._previous_handler = None
+
+
 def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.train.keep_checkpoints, create=True)
@@ -156,11 +242,26 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       handle_preemption: bool = True) -> dict[str, float]:
   """Trains and evaluates the run described by `config`, writing into `workdir`.
+
+  In a multi-process run every process calls this with the same arguments.
+
+  Args:
+    config: the run's config (see experiments/configs).
+    workdir: directory for checkpoints, metrics and figures; shared by all
+      processes.
+    handle_preemption: stop cleanly on SIGTERM (see module docstring). Without
+      `jax.distributed`, a SIGTERM handler is installed while training (main
+      thread only) and the previous one restored after.
 
   Returns:
     The final eval metrics.
+
+  Raises:
+    Preempted: after saving a checkpoint, when a SIGTERM arrived while training.
+    TrainingDivergedError: when the loss or a gradient became NaN or Inf.
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -173,27 +274,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   init_key, train_key, eval_key = jax.random.split(key, 3)
   first = next(_data_iterator(config, config.data.train_split,
                               batch_size=config.data.batch_size, shuffle=False))
-  params, model_state = _split_variables(
-      init_variables(model, jnp.asarray(first['image'][:1]), init_key))
+  # Jitted: one compilation instead of one per eager op (seconds on CPU).
+  params, model_state = _split_variables(jax.jit(functools.partial(init_variables, model))(
+      jnp.asarray(first['image'][:1]), init_key))
   state = train.create_train_state(params, tx, model_state)
-
-  manager = _checkpoint_manager(workdir, config)
-  if manager.latest_step() is not None:
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
-    print(f'Resumed from {workdir}/checkpoints at step {int(state.step)}.', flush=True)
-  start_step = int(state.step)
 
   if jax.device_count() > 1:
     mesh = parallel.make_mesh()
+    replicated = parallel.replicated_sharding(mesh)
     train_step = parallel.make_sharded_train_step(objective, tx, mesh)
-    eval_step = train.make_eval_step(objective)
-    state = jax.device_put(state, parallel.replicated_sharding(mesh))
+    eval_step = parallel.make_sharded_eval_step(objective, mesh)
+    # Every process built the same host values (same seed); device_put of host
+    # values onto a sharding spanning all processes checks that they agree.
+    state = jax.device_put(jax.device_get(state), replicated)
+    train_key, eval_key = (_replicate_key(k, replicated) for k in (train_key, eval_key))
     put = lambda batch: parallel.shard_batch(batch, mesh)
   else:
     train_step = train.make_train_step(objective, tx)
     eval_step = train.make_eval_step(objective)
     put = lambda batch: jax.tree.map(jnp.asarray, batch)
+  if is_main:
+    print(f'Devices: {jax.device_count()} x {jax.devices()[0].platform} in '
+          f'{jax.process_count()} process(es); '
+          + ('data-parallel step over the mesh.' if jax.device_count() > 1
+             else 'single-device step.'), flush=True)
+
+  manager = _checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    # The target carries this run's shardings, so a checkpoint written on any
+    # number of devices restores onto the current ones.
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+    if is_main:
+      print(f'Resumed from {workdir}/checkpoints at step {int(state.step)}.', flush=True)
+  start_step = int(state.step)
 
   writer = _MetricWriter(workdir, enabled=is_main, start_step=start_step)
   num_steps = config.train.num_train_steps
@@ -216,12 +330,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write(step, 'eval', result)
     return result
 
-  # Metrics are read one step late so the host never waits on the step it just
-  # dispatched; a save waits for its own step's metrics, so no checkpoint ever
-  # holds a state reached through a non-finite loss or gradient.
+  # On one device metrics are read one step late so the host never waits on the
+  # step it just dispatched; with several devices each step is waited for (see
+  # the module docstring). A save waits for its own step's metrics, so no
+  # checkpoint ever holds a state reached through a non-finite loss or gradient.
+  block_every_step = jax.device_count() > 1
   pending = None
+  preempted_at = None
   eval_metrics: dict[str, float] = {}
   start_time = time.time()
+  preemption = _PreemptionNotice(manager, enabled=handle_preemption)
   try:
     for step in range(start_step + 1, num_steps + 1):
       batch = put(next(train_iter))
@@ -229,21 +347,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if pending is not None:
         _finish_step(*pending, writer=writer, config=config, progress=progress)
       pending = (step, metrics)
-      if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
+      if block_every_step:
         _finish_step(*pending, writer=writer, config=config, progress=progress)
         pending = None
-        manager.save(step, args=ocp.args.StandardSave(state))
+      preempt = preemption.reached(step)
+      if step % config.train.checkpoint_every_steps == 0 or step == num_steps or preempt:
+        if pending is not None:
+          _finish_step(*pending, writer=writer, config=config, progress=progress)
+          pending = None
+        manager.save(step, args=ocp.args.StandardSave(state), force=preempt)
+      if preempt:
+        preempted_at = step
+        break
       if step % config.train.eval_every_steps == 0 or step == num_steps:
         eval_metrics = evaluate(step)
-        progress.write(f'step {step}: eval ' +
-                       ', '.join(f'{k}={v:.4g}' for k, v in sorted(eval_metrics.items())))
+        if is_main:
+          progress.write(f'step {step}: eval ' +
+                         ', '.join(f'{k}={v:.4g}' for k, v in sorted(eval_metrics.items())))
     if pending is not None:
       _finish_step(*pending, writer=writer, config=config, progress=progress)
   finally:
     manager.wait_until_finished()
     manager.close()
+    # After the last save has landed: a SIGTERM until then is absorbed.
+    preemption.close()
     progress.close()
     writer.close()
+  if preempted_at is not None:
+    raise Preempted(preempted_at, os.path.join(os.path.abspath(workdir), 'checkpoints'))
 
   if not eval_metrics:
     eval_metrics = evaluate(start_step)
@@ -272,7 +403,7 @@ def write_figures(config, model, state, workdir: str, key: jax.Array) -> list[st
   n = config.train.num_figure_examples
   batch = next(_data_iterator(config, config.data.eval_split,
                               batch_size=max(config.data.eval_batch_size, n), shuffle=False,
-                              drop_remainder=False))
+                              drop_remainder=False, whole_batch=True))
   variables = jax.device_get({**state.params, **state.model_state})
   x = jnp.asarray(batch['image'])
   paths = []

@@ -7,18 +7,63 @@
 `--config=FILE:PRESET` picks a preset ('smoke', 'colab_tpu'); `--config.a.b=v`
 overrides any field, and a field that does not exist is an error. Running
 again with the same --workdir resumes from its latest checkpoint.
+
+Several processes (hosts) train one run when `jax.distributed.initialize` is
+called first: give --coordinator_address (host:port of process 0, reachable by
+all; or set JAX_COORDINATOR_ADDRESS), --num_processes and --process_id, or pass
+--distributed alone where JAX detects them (Cloud TPU pods, SLURM, Open MPI).
+Every process runs the same command with the same --workdir (a shared
+filesystem); `config.data.batch_size` is the global batch. Two processes with
+two CPU devices each on one machine:
+
+  export XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu
+  python -m experiments.main --config=experiments/configs/vae.py:smoke --workdir=/tmp/mh \\
+      --coordinator_address=127.0.0.1:12355 --num_processes=2 --process_id=0 &
+  python -m experiments.main --config=experiments/configs/vae.py:smoke --workdir=/tmp/mh \\
+      --coordinator_address=127.0.0.1:12355 --num_processes=2 --process_id=1
+
+On SIGTERM (a preemption notice) the run saves a checkpoint at the next step
+all processes agree on and exits with status 75 (EX_TEMPFAIL: "try again");
+the same command then resumes. A finished run exits with 0.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from ae_jax import runner
 
+# sysexits.h EX_TEMPFAIL: the run stopped cleanly but is not finished; run it again.
+EXIT_PREEMPTED = 75
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:PRESET.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False,
+    'Call jax.distributed.initialize() before training. Implied by the three flags below '
+    'and by JAX_COORDINATOR_ADDRESS; alone, JAX detects the cluster (TPU pod, SLURM, MPI).')
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for a multi-process run.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _maybe_initialize_distributed() -> None:
+  """Starts jax.distributed if asked; must run before anything touches devices."""
+  given = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if not (_DISTRIBUTED.value or any(v is not None for v in given)
+          or os.environ.get('JAX_COORDINATOR_ADDRESS')):
+    return
+  jax.distributed.initialize(
+      coordinator_address=_COORDINATOR_ADDRESS.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value)
 
 
 def main(argv):
@@ -27,7 +72,13 @@ def main(argv):
   # Orbax logs every save at INFO; the progress bar and metrics say what matters.
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  _maybe_initialize_distributed()
+  try:
+    runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except runner.Preempted as preempted:
+    if jax.process_index() == 0:
+      print(preempted, flush=True)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,8 @@ def get_config(arg=None):
   config = common.base_config()
   config.variant = 'vqvae'
   config.model = dict(name='vqvae', num_codes=64, code_dim=16, ema=True, decay=0.99)
-  config.loss = dict(commitment_cost=0.25, reconstruction='mse')
+  # A linear output, as in the paper: through a sigmoid, MSE's gradient vanishes
+  # on the black background and the codebook collapses onto one code.
+  config.loss = dict(commitment_cost=0.25, reconstruction='mse', output_activation='identity')
   config.optim.learning_rate = 2e-3
   return common.with_preset(config, arg)

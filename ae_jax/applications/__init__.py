@@ -1,0 +1,50 @@
+"""Applications of trained autoencoders: dimensionality reduction, anomaly
+detection, latent-space walks.
+
+Each function takes a model, its variables and numpy images; see the modules:
+
+- `embedding`: `embed`, `reconstruct`, `compare_with_pca` (k-NN accuracy,
+  trustworthiness, reconstruction error against PCA at the same dimension);
+- `anomaly`: `anomaly_scores` (reconstruction error, negative ELBO, IWAE
+  estimate of -log p(x), reconstruction probability), thresholds, flags,
+  ROC-AUC and PR-AUC, the one-class protocol;
+- `latent`: `interpolate` (linear, slerp), attribute vectors, traversals,
+  `decode`;
+- `common`: `train_or_restore` and `restore_variables` for a run's checkpoint.
+
+>>> import jax.numpy as jnp
+>>> from ae_jax import applications
+>>> path = applications.interpolate(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), 3,
+...                                 method='slerp')
+>>> [round(float(v), 4) for v in path[1]]
+[0.7071, 0.7071]
+"""
+
+from ae_jax.applications import anomaly
+from ae_jax.applications import common
+from ae_jax.applications import embedding
+from ae_jax.applications import latent
+from ae_jax.applications.anomaly import anomaly_scores
+from ae_jax.applications.anomaly import detection_metrics
+from ae_jax.applications.anomaly import elbo
+from ae_jax.applications.anomaly import flag
+from ae_jax.applications.anomaly import iwae_log_likelihood
+from ae_jax.applications.anomaly import reconstruction_log_probability
+from ae_jax.applications.anomaly import threshold_from_normal
+from ae_jax.applications.common import restore_variables
+from ae_jax.applications.common import train_or_restore
+from ae_jax.applications.embedding import compare_with_pca
+from ae_jax.applications.embedding import embed
+from ae_jax.applications.embedding import reconstruct
+from ae_jax.applications.embedding import reconstruction_error
+from ae_jax.applications.latent import attribute_vector
+from ae_jax.applications.latent import interpolate
+from ae_jax.applications.latent import traverse
+
+__all__ = [
+    'anomaly', 'common', 'embedding', 'latent',
+    'anomaly_scores', 'attribute_vector', 'compare_with_pca', 'detection_metrics', 'elbo',
+    'embed', 'flag', 'interpolate', 'iwae_log_likelihood', 'reconstruct',
+    'reconstruction_error', 'reconstruction_log_probability', 'restore_variables',
+    'threshold_from_normal', 'train_or_restore', 'traverse',
+]
