@@ -28,7 +28,6 @@ import json
 import sys
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,37 +35,17 @@ import optax
 
 from ae_jax import parallel
 from ae_jax import train
+from _tiny_objectives import deterministic_objective
+from _tiny_objectives import EMA_DECAY
+from _tiny_objectives import IMAGE_SHAPE
+from _tiny_objectives import MODEL
+from _tiny_objectives import mse as _mse
+from _tiny_objectives import stateful_objective
+from _tiny_objectives import zero_stats
 
 NUM_STEPS = 5
 BATCH_SIZE = 8  # Global; divisible by 1 and 2 devices.
-IMAGE_SHAPE = (4, 4, 1)
 NOISE_SIGMA = 0.3
-EMA_DECAY = 0.9
-
-
-class TinyAE(nn.Module):
-  """16 -> 8 -> 3 -> 8 -> 16 MLP autoencoder; returns logits of the input's shape."""
-
-  @nn.compact
-  def __call__(self, x):
-    h = x.reshape(x.shape[0], -1)
-    h = nn.tanh(nn.Dense(8)(h))
-    z = nn.Dense(3)(h)
-    h = nn.tanh(nn.Dense(8)(z))
-    return nn.Dense(x[0].size)(h).reshape(x.shape)
-
-
-MODEL = TinyAE()
-
-
-def _mse(params, x_in, x):
-  return jnp.mean((jax.nn.sigmoid(MODEL.apply(params, x_in)) - x) ** 2)
-
-
-def deterministic_objective(params, batch, key):
-  del key
-  loss = _mse(params, batch['image'], batch['image'])
-  return loss, {'recon': loss}
 
 
 def stochastic_objective(params, batch, key):
@@ -76,26 +55,12 @@ def stochastic_objective(params, batch, key):
   return loss, {'recon': loss}
 
 
-def stateful_objective(params, batch, key, model_state):
-  """MSE plus an EMA of the per-pixel batch mean and an update counter in the state."""
-  loss, metrics = deterministic_objective(params, batch, key)
-  stats = model_state['stats']
-  batch_mean = jnp.mean(batch['image'], axis=0)
-  new_stats = {
-      'ema': EMA_DECAY * stats['ema'] + (1.0 - EMA_DECAY) * batch_mean,
-      'updates': stats['updates'] + 1,
-  }
-  return loss, (metrics, {'stats': new_stats})
-
-
 def _init_state(tx, stateful: bool) -> train.TrainState:
   x = jnp.zeros((1, *IMAGE_SHAPE))
   params = MODEL.init(jax.random.key(0), x)
   model_state = None
   if stateful:
-    model_state = {
-        'stats': {'ema': jnp.zeros(IMAGE_SHAPE), 'updates': jnp.zeros((), jnp.int32)}
-    }
+    model_state = zero_stats()
   return train.create_train_state(params, tx, model_state)
 
 

@@ -1,7 +1,6 @@
 """Tests for ae_jax.train on a tiny self-contained MLP autoencoder."""
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,33 +9,13 @@ import pytest
 
 from ae_jax import train
 
-IMAGE_SHAPE = (4, 4, 1)
-EMA_DECAY = 0.9
-
-
-class TinyAE(nn.Module):
-  """16 -> 8 -> 3 -> 8 -> 16 MLP autoencoder; returns logits of the input's shape."""
-
-  @nn.compact
-  def __call__(self, x):
-    h = x.reshape(x.shape[0], -1)
-    h = nn.tanh(nn.Dense(8)(h))
-    z = nn.Dense(3)(h)
-    h = nn.tanh(nn.Dense(8)(z))
-    return nn.Dense(x[0].size)(h).reshape(x.shape)
-
-
-MODEL = TinyAE()
-
-
-def _mse(params, x_in, x):
-  return jnp.mean((jax.nn.sigmoid(MODEL.apply(params, x_in)) - x) ** 2)
-
-
-def deterministic_objective(params, batch, key):
-  del key
-  loss = _mse(params, batch['image'], batch['image'])
-  return loss, {'recon': loss}
+from _tiny_objectives import deterministic_objective
+from _tiny_objectives import EMA_DECAY
+from _tiny_objectives import IMAGE_SHAPE
+from _tiny_objectives import MODEL
+from _tiny_objectives import mse as _mse
+from _tiny_objectives import stateful_objective
+from _tiny_objectives import zero_stats as _zero_stats
 
 
 def stochastic_objective(params, batch, key):
@@ -45,17 +24,6 @@ def stochastic_objective(params, batch, key):
   noise_key, probe_key = jax.random.split(key)
   loss = _mse(params, x + 0.3 * jax.random.normal(noise_key, x.shape), x)
   return loss, {'recon': loss, 'probe': jax.random.uniform(probe_key)}
-
-
-def stateful_objective(params, batch, key, model_state):
-  """MSE, with an EMA of the per-pixel batch mean and an update count as model state."""
-  loss, metrics = deterministic_objective(params, batch, key)
-  stats = model_state['stats']
-  new_stats = {
-      'ema': EMA_DECAY * stats['ema'] + (1.0 - EMA_DECAY) * jnp.mean(batch['image'], axis=0),
-      'updates': stats['updates'] + 1,
-  }
-  return loss, (metrics, {'stats': new_stats})
 
 
 def scheduled_objective(params, batch, key, *, step=0):
@@ -74,10 +42,6 @@ def _batch(seed=0, batch_size=16):
 def _state(tx, model_state=None):
   params = MODEL.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
   return train.create_train_state(params, tx, model_state)
-
-
-def _zero_stats():
-  return {'stats': {'ema': jnp.zeros(IMAGE_SHAPE), 'updates': jnp.zeros((), jnp.int32)}}
 
 
 def test_create_train_state():

@@ -1,0 +1,56 @@
+"""Image denoising: a U-Net DAE trained over sigma ~ U[0, 0.4] against scikit-image's
+TV, wavelet and non-local-means denoisers, on Fashion-MNIST and on photo patches.
+
+  python -m experiments.denoise --config=experiments/configs/apps/denoise.py --workdir=runs/denoise
+  python -m experiments.denoise --config=experiments/configs/apps/denoise.py:smoke --workdir=/tmp/denoise
+  python -m experiments.denoise --config=experiments/configs/apps/denoise.py \
+      --config.denoise.photos=False --workdir=runs/denoise_fashion_only
+
+The default is sized for about 10 minutes on 2 CPU cores. The argument is a
+preset from `experiments.configs.common.PRESETS`.
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config(arg=None):
+  preset = arg or 'default'
+  if preset not in common.PRESETS:
+    raise ValueError(f'Unknown preset {preset!r}; expected one of {common.PRESETS}.')
+  smoke, tpu = preset == 'smoke', preset == 'colab_tpu'
+  config = common.base_config()
+  config.variant = 'denoising'
+  config.model = ml_collections.ConfigDict(dict(
+      name='unet_denoiser',  # ae_jax.applications.denoising.UNetDenoiser
+      features=8 if smoke else (32 if tpu else 16),
+      levels=2))
+  config.loss = ml_collections.ConfigDict(dict(
+      reconstruction='mse',  # of sigmoid(logits) against the clean image
+      sigma_min=0.0, sigma_max=0.4))  # training noise: sigma ~ U[sigma_min, sigma_max] per image
+  config.optim.learning_rate = 2e-3
+  config.optim.schedule = 'cosine'
+  config.optim.warmup_steps = 50
+  config.data.name = 'mnist5k' if smoke else 'fashion_mnist'
+  config.data.batch_size = 8 if smoke else (256 if tpu else 32)
+  config.train.num_train_steps = 5 if smoke else (20_000 if tpu else 900)
+  config.train.log_every_steps = 100
+  config.optim.decay_steps = config.train.num_train_steps
+  config.denoise = ml_collections.ConfigDict(dict(
+      sigmas=(0.1, 0.2, 0.3),        # test noise levels
+      num_test=64 if smoke else 2000,  # held-out test images (from data.eval_split)
+      num_val=16 if smoke else 200,    # train-split images the classical denoisers are tuned on
+      num_examples=6,                # images per sigma in the figures
+      photos=True,                   # also the photo-patch benchmark
+      photo_train=('camera', 'astronaut', 'rocket', 'brick', 'grass', 'coins', 'moon'),
+      photo_test=('coffee', 'chelsea', 'gravel'),  # pictures never seen in training
+      patch_size=32,
+      num_photo_train=256 if smoke else 20_000,  # random training patches
+      num_photo_val=16 if smoke else 200,        # random patches of the training pictures
+      num_photo_test=32 if smoke else 0,  # grid patches of the test pictures (0: all)
+      photo_num_train_steps=5 if smoke else (10_000 if tpu else 500),
+      seed=0,
+  ))
+  config.lock()
+  return config

@@ -1,0 +1,185 @@
+"""Disentanglement scores of VAE, β-VAE and β-TCVAE on the generated shapes.
+
+  python -m experiments.disentangle --config=experiments/configs/apps/disentangle.py --workdir=runs/disentangle
+  python -m experiments.disentangle --config=experiments/configs/apps/disentangle.py:smoke --workdir=/tmp/disentangle
+
+Trains one model per entry of `config.runs` on all 6,144 images of
+`ae_jax.data.shapes` (same architecture, seed, data order and number of
+steps; only the objective differs), scores each and an untrained encoder with
+the five metrics of `ae_jax.applications.disentanglement`, and writes into
+--workdir:
+
+  disentanglement.json               every score, per-factor MIG and SAP, the
+                                     MI and DCI importance matrices, final
+                                     training metrics;
+  disentanglement.md                 the table of the five scores;
+  figures/traversals_<run>.png       each latent traversed over [-r, r] from
+                                     one image's code, rows ordered by the
+                                     dimension's KL, labelled with the factor
+                                     it has most MI with.
+"""
+
+import functools
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from ae_jax import app_plots
+from ae_jax import build
+from ae_jax import data as data_lib
+from ae_jax import objectives
+from ae_jax import plotting
+from ae_jax import runner
+from ae_jax import train
+from ae_jax.applications import common
+from ae_jax.applications import disentanglement
+from ae_jax.applications import latent
+from ae_jax.applications import tcvae
+from ae_jax.data import shapes
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, e.g. experiments/configs/apps/disentangle.py[:smoke].')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and figures.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+COLUMNS = ('beta_vae', 'factor_vae', 'mig', 'sap', 'dci_disentanglement',
+           'dci_completeness', 'dci_informativeness')
+
+
+def make_objective(model, run_config, dataset_size: int):
+  """The objective a `config.runs` entry names."""
+  if run_config.objective == 'vae':
+    return objectives.make_vae_objective(model, beta=run_config.beta)
+  if run_config.objective == 'tcvae':
+    return tcvae.make_tcvae_objective(model, dataset_size=dataset_size, beta=run_config.beta)
+  raise ValueError(f"objective must be 'vae' or 'tcvae', got {run_config.objective!r}.")
+
+
+def train_model(config, objective, images: np.ndarray, *, desc: str = ''):
+  """Adam steps of `objective` on `images`; returns (variables, last metrics, seconds)."""
+  model = build.build_model(config.model)
+  key = jax.random.key(config.train.seed)
+  init_key, train_key = jax.random.split(key)
+  variables = jax.jit(functools.partial(runner.init_variables, model))(
+      jnp.asarray(images[:1]), init_key)
+  tx = build.build_optimizer(config.optim)
+  state = train.create_train_state({'params': variables['params']}, tx)
+  step = train.make_train_step(objective, tx)
+  batches = data_lib.batches((images,), batch_size=config.data.batch_size,
+                             seed=config.data.shuffle_seed)
+  start = time.time()
+  metrics = {}
+  for i in range(config.train.num_train_steps):
+    state, metrics = step(state, next(batches), train_key)
+    if (i + 1) % config.train.log_every_steps == 0 or i + 1 == config.train.num_train_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      train.check_finite_metrics(metrics, i + 1)
+      print(f'  {desc} step {i + 1}: ' + ', '.join(
+          f'{k}={metrics[k]:.2f}' for k in ('loss', 'recon', 'kl', 'tc') if k in metrics),
+            flush=True)
+  jax.block_until_ready(state)
+  return state.params, metrics, time.time() - start
+
+
+def kl_per_dimension(model, variables, images: np.ndarray) -> np.ndarray:
+  """Mean over the data of KL(q(z_j | x) ‖ N(0, 1)) for each dimension j, [Z]."""
+
+  @jax.jit
+  def fn(x):
+    mean, log_var = model.apply(variables, x, method='encode')
+    return 0.5 * (jnp.square(mean) + jnp.exp(log_var) - 1.0 - log_var)
+
+  return common.map_batches(fn, images, batch_size=512).mean(0)
+
+
+def score(model, variables, data: shapes.Shapes, cfg) -> dict:
+  codes = disentanglement.representation_table(model, variables, data.images)
+  return disentanglement.evaluate(
+      codes, data, seed=cfg.seed, num_train=cfg.num_train, num_eval=cfg.num_eval,
+      batch_size=cfg.vote_batch_size, test_fraction=cfg.test_fraction, num_bins=cfg.num_bins)
+
+
+def traversal_figure(model, variables, data: shapes.Shapes, result: dict, name: str,
+                     workdir: str, cfg) -> str:
+  kl = kl_per_dimension(model, variables, data.images)
+  dims = np.argsort(-kl, kind='stable')
+  base = data.index_of(np.array([[2, 2, 0, 4, 4]]))[0]  # a mid-size heart in the centre
+  z = disentanglement.representation_table(model, variables, data.images[base:base + 1])[0]
+  values = np.linspace(-cfg.traversal_range, cfg.traversal_range, cfg.num_traversal_values)
+  grid = latent.traverse(z, values, dims=dims)
+  images = latent.decode(model, variables, grid, data.images.shape[1:])
+  mi = np.asarray(result['details']['mutual_information'])
+  # Each active row is labelled with the factor it has most MI with.
+  labels = [f'z[{d}] KL {kl[d]:.2f}\n'
+            + (f'~{data.factor_names[int(np.argmax(mi[d]))]}' if kl[d] > 0.05 else 'inactive')
+            for d in dims]
+  return app_plots.save_image_rows(
+      images, plotting.figure_path(workdir, f'traversals_{name}.png'), row_labels=labels,
+      col_labels=[f'{v:.1f}' for v in values],
+      title=f'{name}: latent traversals (MIG {result["mig"]:.2f})')
+
+
+def markdown_table(results: dict) -> str:
+  lines = ['| model | ' + ' | '.join(COLUMNS) + ' |', '|---|' + '---|' * len(COLUMNS)]
+  for name, r in results.items():
+    lines.append(f'| {name} | ' + ' | '.join(f'{r[c]:.3f}' for c in COLUMNS) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def run(config, workdir: str) -> dict:
+  """Trains every run, scores it and the untrained encoder, writes metrics and figures."""
+  cfg = config.disentangle
+  os.makedirs(workdir, exist_ok=True)
+  data = shapes.make_shapes()
+  model = build.build_model(config.model)
+  results, extra = {}, {}
+
+  untrained = jax.jit(functools.partial(runner.init_variables, model))(
+      jnp.asarray(data.images[:1]), jax.random.key(config.train.seed))
+  results['untrained'] = score(model, {'params': untrained['params']}, data, cfg)
+
+  for name in config.run_names:
+    run_config = config.runs[name]
+    objective = make_objective(model, run_config, len(data))
+    variables, final, seconds = train_model(config, objective, data.images, desc=name)
+    start = time.time()
+    results[name] = score(model, variables, data, cfg)
+    extra[name] = {'objective': run_config.objective, 'beta': run_config.beta,
+                   'final_train_metrics': final, 'train_seconds': seconds,
+                   'score_seconds': time.time() - start,
+                   'kl_per_dimension': kl_per_dimension(model, variables, data.images)}
+    traversal_figure(model, variables, data, results[name], name, workdir, cfg)
+    print(f'{name}: ' + ', '.join(f'{c}={results[name][c]:.3f}' for c in COLUMNS)
+          + f' (trained {seconds:.0f} s)', flush=True)
+
+  table = markdown_table(results)
+  with open(os.path.join(workdir, 'disentanglement.md'), 'w') as f:
+    f.write(table)
+  summary = {
+      'dataset': 'shapes (3 shapes x 4 scales x 8 orientations x 8 x 8 positions, 32x32)',
+      'model': dict(config.model), 'num_train_steps': config.train.num_train_steps,
+      'batch_size': config.data.batch_size, 'scores': results, 'runs': extra,
+      'metric_settings': cfg.to_dict(),
+  }
+  path = common.write_json(os.path.join(workdir, 'disentanglement.json'), summary)
+  print('\n' + table + f'\nMetrics: {path}\nFigures: {os.path.join(workdir, "figures")}')
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
