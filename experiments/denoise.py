@@ -31,13 +31,11 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from ae_jax import app_plots
 from ae_jax import build
 from ae_jax import data as data_lib
 from ae_jax import plotting
@@ -51,34 +49,17 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def save_strips(examples: dict, path: str, *, title: str) -> str:
-  """Per sigma, rows noisy / DAE / best classical / clean of a few test images."""
-  sigmas = list(examples)
-  num = len(examples[sigmas[0]]['clean'])
-  rows = ('noisy', 'dae', 'best', 'clean')
-  fig, axes = plt.subplots(len(rows) * len(sigmas), num,
-                           figsize=(1.1 * num + 1.6, 1.1 * len(rows) * len(sigmas)),
-                           squeeze=False)
-  for s, sigma in enumerate(sigmas):
-    ex = examples[sigma]
-    for r, row in enumerate(rows):
-      images = ex[ex['best_name']] if row == 'best' else ex[row]
-      label = {'noisy': f'σ={sigma} noisy', 'dae': 'DAE', 'best': ex['best_name'],
-               'clean': 'clean'}[row]
-      for i in range(num):
-        ax = axes[s * len(rows) + r, i]
-        ax.imshow(np.clip(images[i, ..., 0], 0, 1), cmap='gray', vmin=0, vmax=1)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i == 0:
-          ax.set_ylabel(label, fontsize=8)
-        psnr_label = ex['psnr'].get(row if row != 'best' else ex['best_name'])
-        if psnr_label is not None:
-          ax.set_title(f'{psnr_label[i]:.1f} dB', fontsize=6, pad=1)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  """Per sigma, rows noisy / DAE / best classical / clean of a few test images; each
+  label gives the row's mean PSNR over the images shown."""
+  rows, labels = [], []
+  for sigma, ex in examples.items():
+    best = ex['best_name']
+    for name, label in (('noisy', f'σ={sigma} noisy'), ('dae', 'DAE'), (best, best)):
+      rows.append(ex[name])
+      labels.append(f'{label} {ex["psnr"][name].mean():.1f} dB')
+    rows.append(ex['clean'])
+    labels.append('clean')
+  return app_plots.save_image_rows(rows, path, row_labels=labels, title=title)
 
 
 def run_one(name: str, config, train_images, val_images, test_images, *, num_steps: int,
@@ -107,7 +88,7 @@ def run_one(name: str, config, train_images, val_images, test_images, *, num_ste
     ex['best_name'] = table[str(sigma)]['best_classical']
     ex['psnr'] = {m: denoising.psnr(ex['clean'], ex[m]) for m in denoising.METHODS}
   figure = save_strips(examples, plotting.figure_path(workdir, f'denoise_{name}.png'),
-                       title=f'{name}: noisy / DAE / best classical / clean (PSNR per image)')
+                       title=f'{name}: noisy / DAE / best classical / clean')
   return {'table': table, 'train_history': history, 'train_seconds': train_seconds,
           'benchmark_seconds': time.time() - start, 'num_train': len(train_images),
           'num_test': len(test_images), 'num_val': len(val_images),

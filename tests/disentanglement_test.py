@@ -268,14 +268,14 @@ def test_trained_beta_vae_scores_above_an_untrained_encoder(grid):
   key = jax.random.key(0)
   variables = runner.init_variables(model, jnp.asarray(grid.images[:1]), key)
   untrained = {'params': variables['params']}
+  before = dis.evaluate(dis.representation_table(model, untrained, grid.images), grid,
+                        num_train=1000, num_eval=500)
   tx = optax.adam(2e-3)
-  state = train.create_train_state(untrained, tx)
+  state = train.create_train_state(untrained, tx)  # Donated to the step from here on.
   step = train.make_train_step(objectives.make_vae_objective(model, beta=4.0), tx)
   batches = data.batches((grid.images,), batch_size=64, seed=0)
   for _ in range(1500):
     state, _ = step(state, next(batches), key)
-  before = dis.evaluate(dis.representation_table(model, untrained, grid.images), grid,
-                        num_train=1000, num_eval=500)
   after = dis.evaluate(dis.representation_table(model, state.params, grid.images), grid,
                        num_train=1000, num_eval=500)
   assert after['mig'] > before['mig'] + 0.05, (before, after)

@@ -10,6 +10,8 @@ Each function takes a model, its variables and numpy images; see the modules:
   ROC-AUC and PR-AUC, the one-class protocol;
 - `latent`: `interpolate` (linear, slerp), attribute vectors, traversals,
   `decode`;
+- `inpainting`: random-pixel and box masks, mean fill, iterative decoder
+  fill, latent optimisation for VAEs, PSNR on the missing region;
 - `common`: `train_or_restore` and `restore_variables` for a run's checkpoint.
 
 >>> import jax.numpy as jnp
@@ -23,6 +25,7 @@ Each function takes a model, its variables and numpy images; see the modules:
 from ae_jax.applications import anomaly
 from ae_jax.applications import common
 from ae_jax.applications import embedding
+from ae_jax.applications import inpainting
 from ae_jax.applications import latent
 from ae_jax.applications.anomaly import anomaly_scores
 from ae_jax.applications.anomaly import detection_metrics
@@ -37,12 +40,22 @@ from ae_jax.applications.embedding import compare_with_pca
 from ae_jax.applications.embedding import embed
 from ae_jax.applications.embedding import reconstruct
 from ae_jax.applications.embedding import reconstruction_error
+from ae_jax.applications.inpainting import box_mask
+from ae_jax.applications.inpainting import iterative_fill
+from ae_jax.applications.inpainting import latent_fill
+from ae_jax.applications.inpainting import make_mask
+from ae_jax.applications.inpainting import mean_fill
+from ae_jax.applications.inpainting import pixel_mean
+from ae_jax.applications.inpainting import psnr_missing
+from ae_jax.applications.inpainting import random_pixel_mask
 from ae_jax.applications.latent import attribute_vector
 from ae_jax.applications.latent import interpolate
 from ae_jax.applications.latent import traverse
 
 __all__ = [
-    'anomaly', 'common', 'embedding', 'latent',
+    'anomaly', 'common', 'embedding', 'inpainting', 'latent',
+    'box_mask', 'iterative_fill', 'latent_fill', 'make_mask', 'mean_fill', 'pixel_mean',
+    'psnr_missing', 'random_pixel_mask',
     'anomaly_scores', 'attribute_vector', 'compare_with_pca', 'detection_metrics', 'elbo',
     'embed', 'flag', 'interpolate', 'iwae_log_likelihood', 'reconstruct',
     'reconstruction_error', 'reconstruction_log_probability', 'restore_variables',

@@ -50,9 +50,11 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 from typing import Any, Protocol
 
 import flax.linen as nn
+import jax
 import numpy as np
 from sklearn import ensemble
 from sklearn import linear_model
@@ -75,10 +77,23 @@ class FactorData(Protocol):
     ...
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _posterior_mean(model: nn.Module, variables: common.Variables, x: jax.Array) -> jax.Array:
+  return model.apply(variables, x, method='encode')[0]
+
+
 def representation_table(model: nn.Module, variables: common.Variables, images: np.ndarray,
                          *, batch_size: int = 512) -> np.ndarray:
-  """Codes float32 [N, Z] of all `images`: the posterior mean of a VAE."""
-  return embedding.embed(model, variables, images, batch_size=batch_size)
+  """Codes float32 [N, Z] of all `images`: the posterior mean of a VAE.
+
+  Other ae_jax models give their `embedding.embed` code (z of an autoencoder).
+  For a VAE the jitted encoder takes the variables as an argument, so models
+  of one architecture share one compilation.
+  """
+  if common.model_family(model) != 'vae':
+    return embedding.embed(model, variables, images, batch_size=batch_size)
+  return common.map_batches(functools.partial(_posterior_mean, model, variables), images,
+                            batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------
@@ -418,7 +433,8 @@ def factor_vae_score(codes_NxZ: np.ndarray, data: FactorData, *, seed: int = 0,
 def evaluate(codes_NxZ: np.ndarray, data: FactorData, *,
              discrete_factors: Sequence[bool] | None = None, seed: int = 0,
              num_train: int = 5000, num_eval: int = 2000, batch_size: int = 64,
-             test_fraction: float = 0.2, num_bins: int = 20) -> dict[str, Any]:
+             test_fraction: float = 0.2, num_bins: int = 20, dci_num_trees: int = 30
+             ) -> dict[str, Any]:
   """All five scores of a representation of every row of `data`.
 
   MIG uses every row (the uniform distribution over the factor grid); SAP and
@@ -434,6 +450,7 @@ def evaluate(codes_NxZ: np.ndarray, data: FactorData, *,
     num_train, num_eval, batch_size: BetaVAE / FactorVAE protocol sizes.
     test_fraction: held-out share for SAP and DCI.
     num_bins: histogram bins of MIG and of SAP's threshold classifier.
+    dci_num_trees: trees of each DCI random forest.
 
   Returns:
     {'beta_vae', 'factor_vae', 'mig', 'sap', 'dci_disentanglement',
@@ -455,7 +472,8 @@ def evaluate(codes_NxZ: np.ndarray, data: FactorData, *,
   mig_result = mig(codes, factors, num_bins=num_bins)
   sap_result = sap(codes[train], factors[train], codes[test], factors[test],
                    discrete_factors=discrete_factors, num_bins=num_bins)
-  dci_result = dci(codes[train], factors[train], codes[test], factors[test], seed=seed)
+  dci_result = dci(codes[train], factors[train], codes[test], factors[test],
+                   num_trees=dci_num_trees, seed=seed)
   return {
       'beta_vae': beta['eval_accuracy'],
       'factor_vae': factor['eval_accuracy'],

@@ -34,7 +34,7 @@ def get_config(arg=None):
   config.optim.warmup_steps = 50
   config.data.name = 'mnist5k' if smoke else 'fashion_mnist'
   config.data.batch_size = 8 if smoke else (256 if tpu else 32)
-  config.train.num_train_steps = 5 if smoke else (20_000 if tpu else 900)
+  config.train.num_train_steps = 5 if smoke else (20_000 if tpu else 1500)
   config.train.log_every_steps = 100
   config.optim.decay_steps = config.train.num_train_steps
   config.denoise = ml_collections.ConfigDict(dict(
@@ -49,7 +49,7 @@ def get_config(arg=None):
       num_photo_train=256 if smoke else 20_000,  # random training patches
       num_photo_val=16 if smoke else 200,        # random patches of the training pictures
       num_photo_test=32 if smoke else 0,  # grid patches of the test pictures (0: all)
-      photo_num_train_steps=5 if smoke else (10_000 if tpu else 500),
+      photo_num_train_steps=5 if smoke else (10_000 if tpu else 700),
       seed=0,
   ))
   config.lock()
