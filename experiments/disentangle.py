@@ -47,11 +47,6 @@ from ae_jax.applications import latent
 from ae_jax.applications import tcvae
 from ae_jax.data import shapes
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. experiments/configs/apps/disentangle.py[:smoke].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics and figures.')
-flags.mark_flags_as_required(['config', 'workdir'])
-
 COLUMNS = ('beta_vae', 'factor_vae', 'mig', 'sap', 'dci_disentanglement',
            'dci_completeness', 'dci_informativeness')
 
@@ -142,7 +137,9 @@ def traversal_figure(model, variables, data: shapes.Shapes, codes: np.ndarray, k
 
 def markdown_table(mean: dict, std: dict, num_seeds: int) -> str:
   """Scores as a table: mean ± std over the seeds when there are several."""
-  lines = ['| model | ' + ' | '.join(COLUMNS) + ' |', '|---|' + '---|' * len(COLUMNS)]
+  headers = ('BetaVAE score', 'FactorVAE score', 'MIG', 'SAP', 'DCI disentanglement',
+             'DCI completeness', 'DCI informativeness')
+  lines = ['| model | ' + ' | '.join(headers) + ' |', '|---|' + '---|' * len(COLUMNS)]
   for name in mean:
     cells = [f'{mean[name][c]:.3f}' + (f' ± {std[name][c]:.3f}' if num_seeds > 1 else '')
              for c in COLUMNS]
@@ -208,8 +205,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  run(_CONFIG.value, _WORKDIR.value)
+  run(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':
+  # Defined here rather than at import, so that tests can import `run` next to
+  # other scripts that define the same flag names (experiments.main).
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file, e.g. experiments/configs/apps/disentangle.py[:smoke].')
+  flags.DEFINE_string('workdir', None, 'Directory for metrics and figures.')
+  flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

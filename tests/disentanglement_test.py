@@ -290,7 +290,7 @@ def test_trained_beta_vae_scores_above_an_untrained_encoder(grid):
 def test_config_presets_are_locked_and_name_their_runs():
   for preset in (None, 'smoke'):
     config = disentangle_config.get_config(preset)
-    assert list(config.run_names) == ['vae', 'beta_vae', 'beta_tcvae']
+    assert list(config.run_names) == ['vae', 'beta_vae_4', 'beta_vae_8', 'beta_tcvae_6']
     assert set(config.runs) == set(config.run_names)
     with pytest.raises(AttributeError):
       config.new_field = 1
@@ -301,11 +301,12 @@ def test_config_presets_are_locked_and_name_their_runs():
 def test_smoke_preset_runs_end_to_end(tmp_path):
   summary = disentangle_script.run(disentangle_config.get_config('smoke'), str(tmp_path))
   written = json.loads((tmp_path / 'disentanglement.json').read_text())
-  assert set(written['scores']) == {'untrained', 'vae', 'beta_vae', 'beta_tcvae'}
+  assert set(written['scores']) == {'untrained', 'vae', 'beta_vae_4', 'beta_vae_8',
+                                    'beta_tcvae_6'}
   for scores in written['scores'].values():
     for column in disentangle_script.COLUMNS:
       assert 0.0 <= scores[column] <= 1.0
-  assert summary['runs']['beta_tcvae']['objective'] == 'tcvae'
-  assert '| beta_vae |' in (tmp_path / 'disentanglement.md').read_text()
-  for name in ('vae', 'beta_vae', 'beta_tcvae'):
+  assert summary['runs']['beta_tcvae_6']['objective'] == 'tcvae'
+  assert '| beta_vae_8 |' in (tmp_path / 'disentanglement.md').read_text()
+  for name in ('vae', 'beta_vae_4', 'beta_vae_8', 'beta_tcvae_6'):
     assert (tmp_path / 'figures' / f'traversals_{name}.png').stat().st_size > 1000

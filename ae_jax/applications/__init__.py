@@ -10,6 +10,8 @@ Each function takes a model, its variables and numpy images; see the modules:
   ROC-AUC and PR-AUC, the one-class protocol;
 - `latent`: `interpolate` (linear, slerp), attribute vectors, traversals,
   `decode`;
+- `disentanglement`: MIG, SAP, DCI, BetaVAE and FactorVAE scores on data with
+  known factors (`ae_jax.data.shapes`); `tcvae`: the β-TCVAE objective;
 - `inpainting`: random-pixel and box masks, mean fill, iterative decoder
   fill, latent optimisation for VAEs, PSNR on the missing region;
 - `common`: `train_or_restore` and `restore_variables` for a run's checkpoint.
@@ -24,9 +26,11 @@ Each function takes a model, its variables and numpy images; see the modules:
 
 from ae_jax.applications import anomaly
 from ae_jax.applications import common
+from ae_jax.applications import disentanglement
 from ae_jax.applications import embedding
 from ae_jax.applications import inpainting
 from ae_jax.applications import latent
+from ae_jax.applications import tcvae
 from ae_jax.applications.anomaly import anomaly_scores
 from ae_jax.applications.anomaly import detection_metrics
 from ae_jax.applications.anomaly import elbo
@@ -36,6 +40,12 @@ from ae_jax.applications.anomaly import reconstruction_log_probability
 from ae_jax.applications.anomaly import threshold_from_normal
 from ae_jax.applications.common import restore_variables
 from ae_jax.applications.common import train_or_restore
+from ae_jax.applications.disentanglement import beta_vae_score
+from ae_jax.applications.disentanglement import dci
+from ae_jax.applications.disentanglement import factor_vae_score
+from ae_jax.applications.disentanglement import mig
+from ae_jax.applications.disentanglement import representation_table
+from ae_jax.applications.disentanglement import sap
 from ae_jax.applications.embedding import compare_with_pca
 from ae_jax.applications.embedding import embed
 from ae_jax.applications.embedding import reconstruct
@@ -51,9 +61,13 @@ from ae_jax.applications.inpainting import random_pixel_mask
 from ae_jax.applications.latent import attribute_vector
 from ae_jax.applications.latent import interpolate
 from ae_jax.applications.latent import traverse
+from ae_jax.applications.tcvae import make_tcvae_objective
+from ae_jax.applications.tcvae import tc_decomposition
 
 __all__ = [
-    'anomaly', 'common', 'embedding', 'inpainting', 'latent',
+    'anomaly', 'common', 'disentanglement', 'embedding', 'inpainting', 'latent', 'tcvae',
+    'beta_vae_score', 'dci', 'factor_vae_score', 'make_tcvae_objective', 'mig',
+    'representation_table', 'sap', 'tc_decomposition',
     'box_mask', 'iterative_fill', 'latent_fill', 'make_mask', 'mean_fill', 'pixel_mean',
     'psnr_missing', 'random_pixel_mask',
     'anomaly_scores', 'attribute_vector', 'compare_with_pca', 'detection_metrics', 'elbo',

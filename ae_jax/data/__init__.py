@@ -9,11 +9,14 @@
 (['image', 'label'], (64, 28, 28, 1))
 """
 
+from ae_jax.data import shapes
 from ae_jax.data.fashion_mnist import OfflineFashionMNIST
 from ae_jax.data.fashion_mnist import prepare_fashion_mnist
 from ae_jax.data.pipeline import batches
 from ae_jax.data.pipeline import epoch_order
 from ae_jax.data.pipeline import steps_per_epoch
+from ae_jax.data.shapes import make_shapes
+from ae_jax.data.shapes import Shapes
 from ae_jax.data.sources import ArraySource
 from ae_jax.data.sources import DatasetNotFoundError
 from ae_jax.data.sources import default_data_dir
@@ -28,6 +31,7 @@ from ae_jax.data.sources import TfdsSource
 
 __all__ = [
     'ArraySource',
+    'Shapes',
     'DatasetNotFoundError',
     'IN_MEMORY_DATASETS',
     'OfflineFashionMNIST',
@@ -39,8 +43,10 @@ __all__ = [
     'epoch_order',
     'known_datasets',
     'load_arrays',
+    'make_shapes',
     'open_source',
     'prepare_fashion_mnist',
+    'shapes',
     'steps_per_epoch',
     'stratified_split',
 ]

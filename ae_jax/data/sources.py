@@ -37,9 +37,12 @@ from typing import Any, Protocol
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ae_jax.data import shapes
 
-IN_MEMORY_DATASETS = ('mnist5k', 'digits')
-"""Names `load_arrays` reads from files shipped inside Python packages."""
+
+IN_MEMORY_DATASETS = ('mnist5k', 'digits', 'shapes')
+"""Names `load_arrays` reads from files shipped inside Python packages, or
+generates ('shapes': the dSprites-like grid of `ae_jax.data.shapes`)."""
 
 TEST_FRACTION = 0.2
 """Share of every class held out as the in-memory sets' 'test' split."""
@@ -282,6 +285,9 @@ _IN_MEMORY_READERS = {
 
 
 def _in_memory_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  if name == 'shapes':
+    # The full factor grid; both splits are all of it (the metrics need every image).
+    return shapes.load_arrays(split)
   if split not in _IN_MEMORY_SPLITS:
     raise ValueError(
         f'Dataset {name!r} has splits {_IN_MEMORY_SPLITS}; got {split!r}.'

@@ -4,8 +4,8 @@ For each seed, trains one MLP VAE (1024-512-256-(μ, log σ²) of 10 and back,
 Bernoulli likelihood, Adam 1e-3, batch 64) per entry of `runs` on the 6,144
 shapes images (`ae_jax.data.shapes`), scores it and the untrained encoder with
 BetaVAE, FactorVAE, MIG, SAP and DCI, and reports mean ± std over the seeds.
-The default, 3 seeds x 3 objectives x 4,000 steps, takes about 5 minutes on 2
-CPU cores.
+The default, 3 seeds x 4 runs x 4,000 steps, takes about 5 minutes on 2 CPU
+cores.
 
   python -m experiments.disentangle --config=experiments/configs/apps/disentangle.py --workdir=runs/disentangle
   python -m experiments.disentangle --config=experiments/configs/apps/disentangle.py:smoke --workdir=/tmp/disentangle
@@ -31,12 +31,16 @@ def get_config(arg=None):
   config.train.log_every_steps = 3 if smoke else 1000
   config.train.seed = 0
   # One model per entry: objective 'vae' (make_vae_objective, β on the KL) or
-  # 'tcvae' (β on the total correlation, α = γ = 1).
-  config.run_names = ('vae', 'beta_vae', 'beta_tcvae')  # the order of training and of the table
+  # 'tcvae' (β on the total correlation, α = γ = 1). β-VAE runs at two β: with
+  # 1,024 Bernoulli pixels per image β = 4 was measured to tie the plain VAE
+  # and β = 8 to beat it on every score (3 seeds each; β = 8 was picked after
+  # seeing those scores, so read it as the better of two settings).
+  config.run_names = ('vae', 'beta_vae_4', 'beta_vae_8', 'beta_tcvae_6')  # training/table order
   config.runs = ml_collections.ConfigDict(dict(
       vae=dict(objective='vae', beta=1.0),
-      beta_vae=dict(objective='vae', beta=4.0),
-      beta_tcvae=dict(objective='tcvae', beta=6.0),
+      beta_vae_4=dict(objective='vae', beta=4.0),
+      beta_vae_8=dict(objective='vae', beta=8.0),
+      beta_tcvae_6=dict(objective='tcvae', beta=6.0),
   ))
   config.disentangle = ml_collections.ConfigDict(dict(
       num_train=200 if smoke else 5000,   # BetaVAE / FactorVAE training points (votes)
