@@ -29,12 +29,8 @@ training images: the runner evaluates on the data it is given.
 import os
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -43,13 +39,7 @@ from ae_jax import data as data_lib
 from ae_jax import plotting
 from ae_jax.applications import anomaly
 from ae_jax.applications import common
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. experiments/configs/apps/anomaly.py[:smoke,model=vae].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the runs, metrics and figures.')
-_MODEL_WORKDIR = flags.DEFINE_string(
-    'model_workdir', None, 'Restore the per-class models from this directory instead of training.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from experiments import cli
 
 
 def class_config(config: ml_collections.ConfigDict, train_images: np.ndarray,
@@ -157,13 +147,6 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   return metrics
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  run(_CONFIG.value, _WORKDIR.value, _MODEL_WORKDIR.value)
-
-
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(run, config_help='Config file, e.g. experiments/configs/apps/anomaly.py[:smoke,model=vae].',
+              model_workdir_help='Restore the per-class models from this directory instead of training.')

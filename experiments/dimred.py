@@ -19,10 +19,6 @@ writes into --workdir:
 
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
 import numpy as np
 
 from ae_jax import app_plots
@@ -30,13 +26,7 @@ from ae_jax import data as data_lib
 from ae_jax import plotting
 from ae_jax.applications import common
 from ae_jax.applications import embedding
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. experiments/configs/apps/dimred.py[:smoke,model=vae].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the run, metrics and figures.')
-_MODEL_WORKDIR = flags.DEFINE_string(
-    'model_workdir', None, 'Restore the model from this run instead of training one.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from experiments import cli
 
 
 def run(config, workdir: str, model_workdir: str | None = None) -> dict:
@@ -100,13 +90,6 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   return metrics
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  run(_CONFIG.value, _WORKDIR.value, _MODEL_WORKDIR.value)
-
-
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(run, config_help='Config file, e.g. experiments/configs/apps/dimred.py[:smoke,model=vae].',
+              model_workdir_help='Restore the model from this run instead of training one.')

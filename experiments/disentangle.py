@@ -26,12 +26,8 @@ import functools
 import os
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
 from ae_jax import app_plots
@@ -46,6 +42,7 @@ from ae_jax.applications import disentanglement
 from ae_jax.applications import latent
 from ae_jax.applications import tcvae
 from ae_jax.data import shapes
+from experiments import cli
 
 COLUMNS = ('beta_vae', 'factor_vae', 'mig', 'sap', 'dci_disentanglement',
            'dci_completeness', 'dci_informativeness')
@@ -200,19 +197,5 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  run(flags.FLAGS.config, flags.FLAGS.workdir)
-
-
 if __name__ == '__main__':
-  # Defined here rather than at import, so that tests can import `run` next to
-  # other scripts that define the same flag names (experiments.main).
-  config_flags.DEFINE_config_file(
-      'config', None, 'Config file, e.g. experiments/configs/apps/disentangle.py[:smoke].')
-  flags.DEFINE_string('workdir', None, 'Directory for metrics and figures.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run_app(run, config_help='Config file, e.g. experiments/configs/apps/disentangle.py[:smoke].')

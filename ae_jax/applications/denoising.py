@@ -79,7 +79,8 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     'tv': {'weight': (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.17, 0.22, 0.3, 0.4, 0.55, 0.75,
                       1.0)},
     'wavelet': {'sigma_factor': (0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)},
-    'nl_means': {'h_factor': (0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5), 'patch_size': (3, 5)},
+    'nl_means': {'h_factor': (0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5),
+                 'patch_size': (3, 5)},
 }
 
 # scikit-image pictures (`skimage.data`, bundled with the wheel) for photo patches.
