@@ -27,12 +27,8 @@ Nothing is checkpointed: the run takes minutes.
 import os
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 
 from ae_jax import app_plots
@@ -41,11 +37,7 @@ from ae_jax import data as data_lib
 from ae_jax import plotting
 from ae_jax.applications import common
 from ae_jax.applications import denoising
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, e.g. experiments/configs/apps/denoise.py[:smoke].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the metrics and figures.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from experiments import cli
 
 
 def save_strips(examples: dict, path: str, *, title: str) -> str:
@@ -138,13 +130,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return metrics
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == '__main__':
-  app.run(main)
+  cli.run_app(run, config_help='Config file, e.g. experiments/configs/apps/denoise.py[:smoke].')

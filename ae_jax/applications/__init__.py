@@ -10,6 +10,9 @@ Each function takes a model, its variables and numpy images; see the modules:
   ROC-AUC and PR-AUC, the one-class protocol;
 - `latent`: `interpolate` (linear, slerp), attribute vectors, traversals,
   `decode`;
+- `denoising`: a small U-Net denoiser trained across noise levels, PSNR and
+  SSIM, and scikit-image's TV, wavelet and non-local-means denoisers, each
+  tuned per noise level, in one benchmark;
 - `disentanglement`: MIG, SAP, DCI, BetaVAE and FactorVAE scores on data with
   known factors (`ae_jax.data.shapes`); `tcvae`: the β-TCVAE objective;
 - `inpainting`: random-pixel and box masks, mean fill, iterative decoder
@@ -26,6 +29,7 @@ Each function takes a model, its variables and numpy images; see the modules:
 
 from ae_jax.applications import anomaly
 from ae_jax.applications import common
+from ae_jax.applications import denoising
 from ae_jax.applications import disentanglement
 from ae_jax.applications import embedding
 from ae_jax.applications import inpainting
@@ -40,6 +44,16 @@ from ae_jax.applications.anomaly import reconstruction_log_probability
 from ae_jax.applications.anomaly import threshold_from_normal
 from ae_jax.applications.common import restore_variables
 from ae_jax.applications.common import train_or_restore
+from ae_jax.applications.denoising import benchmark
+from ae_jax.applications.denoising import classical_denoise
+from ae_jax.applications.denoising import denoise
+from ae_jax.applications.denoising import gaussian_noise_range
+from ae_jax.applications.denoising import photo_patches
+from ae_jax.applications.denoising import psnr
+from ae_jax.applications.denoising import ssim
+from ae_jax.applications.denoising import train_denoiser
+from ae_jax.applications.denoising import tune_classical
+from ae_jax.applications.denoising import UNetDenoiser
 from ae_jax.applications.disentanglement import beta_vae_score
 from ae_jax.applications.disentanglement import dci
 from ae_jax.applications.disentanglement import factor_vae_score
@@ -65,7 +79,9 @@ from ae_jax.applications.tcvae import make_tcvae_objective
 from ae_jax.applications.tcvae import tc_decomposition
 
 __all__ = [
-    'anomaly', 'common', 'disentanglement', 'embedding', 'inpainting', 'latent', 'tcvae',
+    'anomaly', 'common', 'denoising', 'disentanglement',
+    'UNetDenoiser', 'benchmark', 'classical_denoise', 'denoise', 'gaussian_noise_range',
+    'photo_patches', 'psnr', 'ssim', 'train_denoiser', 'tune_classical', 'embedding', 'inpainting', 'latent', 'tcvae',
     'beta_vae_score', 'dci', 'factor_vae_score', 'make_tcvae_objective', 'mig',
     'representation_table', 'sap', 'tc_decomposition',
     'box_mask', 'iterative_fill', 'latent_fill', 'make_mask', 'mean_fill', 'pixel_mean',

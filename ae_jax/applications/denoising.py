@@ -33,6 +33,7 @@ References:
   autoencoders", ICML 2008 (the denoising autoencoder).
   Ronneberger, Fischer & Brox, "U-Net: Convolutional Networks for Biomedical
   Image Segmentation", MICCAI 2015 (the encoder-decoder with skips).
+  Wu & He, "Group Normalization", ECCV 2018.
   Zhang et al., "Beyond a Gaussian Denoiser: Residual Learning of Deep CNN for
   Image Denoising" (DnCNN), IEEE TIP 2017 (one blind model over a range of
   noise levels).
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -244,10 +246,10 @@ def tune_classical(clean: np.ndarray, noisy: np.ndarray, *, sigma: float,
 class UNetDenoiser(nn.Module):
   """A small fully convolutional denoising autoencoder (a U-Net).
 
-  `levels` times: two 3x3 convs (ReLU), then 2x2 average pooling, channels
+  `levels` times: two 3x3 convs (GroupNorm, ReLU), then 2x2 average pooling, channels
   `features * 2**level`; a bottleneck of two 3x3 convs; back up with 2x2
   stride-2 transposed convs, each followed by the concatenated skip of the
-  same resolution and two 3x3 convs; the noisy input is concatenated before
+  same resolution and two 3x3 convs (GroupNorm, ReLU); the noisy input is concatenated before
   a last 1x1 conv to C logits. Pixels are sigmoid(logits). H and W must be
   divisible by 2**levels (28 and 32 are, for levels <= 2).
 
@@ -271,7 +273,9 @@ class UNetDenoiser(nn.Module):
     factor = 2 ** self.levels
     if x.shape[1] % factor or x.shape[2] % factor:
       raise ValueError(f'H and W must be divisible by 2**levels = {factor}, got {x.shape}.')
-    conv = lambda f, h: nn.relu(nn.Conv(f, (3, 3))(h))
+    # GroupNorm keeps the activations' scale fixed: without it, Adam's early updates can
+    # blow the ReLU features up until the sigmoid saturates at 0 on sparse images (MNIST).
+    conv = lambda f, h: nn.relu(nn.GroupNorm(num_groups=math.gcd(4, f))(nn.Conv(f, (3, 3))(h)))
     h, skips = x, []
     for level in range(self.levels):
       f = self.features * 2 ** level
