@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from scipy import stats
 
@@ -29,21 +28,10 @@ from experiments.configs.apps import anomaly as anomaly_config
 from experiments.configs.apps import base as apps_base
 from experiments.configs.apps import dimred as dimred_config
 
+from _app_helpers import train_briefly as _train
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = jax.random.key(0)
-
-
-def _train(model, objective, images, *, num_steps, batch_size=64, learning_rate=3e-3, seed=0):
-  """A few Adam steps of `objective` on `images`; returns the variables."""
-  key = jax.random.key(seed)
-  variables = runner.init_variables(model, jnp.asarray(images[:1]), key)
-  tx = optax.adam(learning_rate)
-  state = train.create_train_state({'params': variables['params']}, tx)
-  step = train.make_train_step(objective, tx)
-  batches = data.batches((images,), batch_size=batch_size, seed=seed)
-  for _ in range(num_steps):
-    state, _ = step(state, next(batches), key)
-  return state.params
 
 
 @pytest.fixture(scope='module')

@@ -101,10 +101,20 @@ def reconstruct(model: nn.Module, variables: Variables, images: np.ndarray, *,
   a VQ-VAE its quantized code. `output_activation` maps logits to pixels:
   'sigmoid', or 'identity' for a linear decoder.
   """
-  family = common.model_family(model)
   to_pixels(np.zeros(()), output_activation)  # Rejects a bad name before any work.
+  fn = jax.jit(reconstruction_fn(model, output_activation))
+  return common.map_batches(functools.partial(fn, variables), images, batch_size=batch_size,
+                            desc=desc)
 
-  @jax.jit
+
+def reconstruction_fn(model: nn.Module, output_activation: str = 'sigmoid'):
+  """fn(variables, x_B) -> the model's deterministic reconstruction in pixels.
+
+  A VAE decodes its posterior mean, an autoencoder its code and a VQ-VAE its
+  quantized code.
+  """
+  family = common.model_family(model)
+
   def fn(variables, x):
     if family == 'vae':
       mean, _ = model.apply(variables, x, method='encode')
@@ -115,8 +125,7 @@ def reconstruct(model: nn.Module, variables: Variables, images: np.ndarray, *,
       logits = model.apply(variables, x).logits
     return to_pixels(logits.reshape(x.shape), output_activation)
 
-  return common.map_batches(functools.partial(fn, variables), images, batch_size=batch_size,
-                            desc=desc)
+  return fn
 
 
 def reconstruction_error(model: nn.Module, variables: Variables, images: np.ndarray, *,

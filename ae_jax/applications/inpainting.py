@@ -205,23 +205,6 @@ def mean_fill(images, missing, *, pixel_mean: np.ndarray | None = None) -> np.nd
   return np.where(missing, fill, images).astype(np.float32)
 
 
-def _reconstruction_fn(model: nn.Module, output_activation: str):
-  """fn(variables, x_B) -> the model's deterministic reconstruction in pixels."""
-  family = common.model_family(model)
-
-  def fn(variables, x):
-    if family == 'vae':
-      mean, _ = model.apply(variables, x, method='encode')
-      logits = model.apply(variables, mean, method='decode')
-    elif family == 'vqvae':
-      logits = model.apply(variables, x, train=False).logits
-    else:
-      logits = model.apply(variables, x).logits
-    return embedding.to_pixels(logits.reshape(x.shape), output_activation)
-
-  return fn
-
-
 def iterative_fill(
     model: nn.Module,
     variables: Variables,
@@ -254,7 +237,7 @@ def iterative_fill(
     raise ValueError(f'num_iterations must be >= 0, got {num_iterations}.')
   embedding.to_pixels(np.zeros(()), output_activation)  # Rejects a bad name early.
   start = mean_fill(images, missing, pixel_mean=pixel_mean)
-  reconstruct = _reconstruction_fn(model, output_activation)
+  reconstruct = embedding.reconstruction_fn(model, output_activation)
 
   @jax.jit
   def fill(variables, xm):

@@ -1,0 +1,23 @@
+"""Helpers shared by the application tests (not collected by pytest)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ae_jax import data
+from ae_jax import runner
+from ae_jax import train
+
+
+def train_briefly(model, objective, images, *, num_steps, batch_size=64, learning_rate=3e-3,
+                  seed=0):
+  """A few Adam steps of `objective` on `images`; returns the variables."""
+  key = jax.random.key(seed)
+  variables = runner.init_variables(model, jnp.asarray(images[:1]), key)
+  tx = optax.adam(learning_rate)
+  state = train.create_train_state({'params': variables['params']}, tx)
+  step = train.make_train_step(objective, tx)
+  batches = data.batches((images,), batch_size=batch_size, seed=seed)
+  for _ in range(num_steps):
+    state, _ = step(state, next(batches), key)
+  return state.params
