@@ -13,24 +13,13 @@ import numpy as np
 
 from matplotlib.figure import Figure
 
-
-def _strip(images_TxHxWxC: np.ndarray) -> np.ndarray:
-  """T images side by side with 1-pixel white gaps, [H, T*(W+1)-1, C]."""
-  images = np.clip(np.asarray(images_TxHxWxC, np.float32), 0.0, 1.0)
-  t, h, w, c = images.shape
-  canvas = np.ones((h, t * (w + 1) - 1, c), np.float32)
-  for i, image in enumerate(images):
-    canvas[:, i * (w + 1):i * (w + 1) + w] = image
-  return canvas
+from ae_jax import plotting
 
 
-def _imshow(ax, canvas: np.ndarray) -> None:
-  if canvas.shape[-1] == 1:
-    ax.imshow(canvas[..., 0], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
-  else:
-    ax.imshow(canvas, interpolation='nearest')
-  ax.set_xticks([])
-  ax.set_yticks([])
+def _imshow(ax, images_TxHxWxC: np.ndarray) -> None:
+  """T images side by side in one frameless row."""
+  images = np.asarray(images_TxHxWxC, np.float32)
+  plotting.show(ax, plotting.tile(images, len(images)))
   for spine in ax.spines.values():
     spine.set_visible(False)
 
@@ -62,7 +51,7 @@ def save_image_rows(rows: Sequence[np.ndarray] | np.ndarray, path: str, *,
                        0.4 * bool(title) + 0.25 * bool(col_labels) + cell * len(rows) * h / w))
   axes = fig.subplots(len(rows), 1, squeeze=False)
   for i, (ax, row) in enumerate(zip(axes[:, 0], rows)):
-    _imshow(ax, _strip(row))
+    _imshow(ax, row)
     if row_labels is not None:
       ax.set_ylabel(row_labels[i], rotation=0, ha='right', va='center', fontsize=8)
     if i == 0 and col_labels is not None:
@@ -120,8 +109,8 @@ def save_ranked_images(least: np.ndarray, most: np.ndarray, path: str, *,
   fig = Figure(figsize=(2 * 0.75 * k + 1.4, 0.8 * rows + 0.6))
   axes = fig.subplots(rows, 2, squeeze=False)
   for r in range(rows):
-    _imshow(axes[r, 0], _strip(least[r]))
-    _imshow(axes[r, 1], _strip(most[r]))
+    _imshow(axes[r, 0], least[r])
+    _imshow(axes[r, 1], most[r])
     if row_labels is not None:
       axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha='right', va='center', fontsize=8)
   axes[0, 0].set_title('least anomalous', fontsize=9)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 
-def _tile(images_NxHxWxC: np.ndarray, ncols: int) -> np.ndarray:
+def tile(images_NxHxWxC: np.ndarray, ncols: int) -> np.ndarray:
   """Tiles N images into one [rows*H, ncols*W, C] canvas with 1-pixel gaps."""
   n, h, w, c = images_NxHxWxC.shape
   nrows = -(-n // ncols)
@@ -23,7 +23,8 @@ def _tile(images_NxHxWxC: np.ndarray, ncols: int) -> np.ndarray:
   return canvas
 
 
-def _show(ax, canvas: np.ndarray) -> None:
+def show(ax, canvas: np.ndarray) -> None:
+  """Draws a canvas clipped to [0, 1] (grey for one channel) without ticks."""
   canvas = np.clip(canvas, 0.0, 1.0)
   if canvas.shape[-1] == 1:
     ax.imshow(canvas[..., 0], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
@@ -40,9 +41,9 @@ def save_reconstructions(inputs: np.ndarray, reconstructions: np.ndarray, path: 
   ncols = min(n, 8)
   fig = Figure(figsize=(1.2 * ncols, 3.0 * -(-n // ncols)))
   axes = fig.subplots(2, 1)
-  _show(axes[0], _tile(np.asarray(inputs), ncols))
+  show(axes[0], tile(np.asarray(inputs), ncols))
   axes[0].set_title('inputs')
-  _show(axes[1], _tile(np.asarray(reconstructions), ncols))
+  show(axes[1], tile(np.asarray(reconstructions), ncols))
   axes[1].set_title('reconstructions')
   if title:
     fig.suptitle(title)
@@ -57,7 +58,7 @@ def save_image_grid(images: np.ndarray, path: str, *, title: str = '', ncols: in
   ncols = min(ncols, n)
   fig = Figure(figsize=(1.2 * ncols, 1.2 * -(-n // ncols) + 0.4))
   ax = fig.subplots()
-  _show(ax, _tile(np.asarray(images), ncols))
+  show(ax, tile(np.asarray(images), ncols))
   if title:
     ax.set_title(title)
   fig.tight_layout()

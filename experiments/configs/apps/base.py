@@ -42,6 +42,15 @@ def training_config(model: str, preset: str) -> ml_collections.ConfigDict:
   return module.get_config(preset)
 
 
+def train_on_fashion_mnist(config: ml_collections.ConfigDict) -> None:
+  """Full Fashion-MNIST (60k train) for 6,000 steps, evaluated and saved every 2,000."""
+  config.data.name = 'fashion_mnist'
+  config.train.num_train_steps = 6000
+  config.train.eval_every_steps = 2000
+  config.train.checkpoint_every_steps = 2000
+  config.train.log_every_steps = 200
+
+
 def add_section(config: ml_collections.ConfigDict, name: str, fields: dict
                 ) -> ml_collections.ConfigDict:
   """Adds the application's section to a locked training config; it stays locked."""

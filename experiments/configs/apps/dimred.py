@@ -34,11 +34,7 @@ def get_config(arg=None):
   config = base.training_config(model, preset)
   smoke = preset == 'smoke'
   if fashion:
-    config.data.name = 'fashion_mnist'
-    config.train.num_train_steps = 6000
-    config.train.eval_every_steps = 2000
-    config.train.checkpoint_every_steps = 2000
-    config.train.log_every_steps = 200
+    base.train_on_fashion_mnist(config)
     config.train.progress_bar = False
   return base.add_section(config, 'dimred', dict(
       n_neighbors=5,                         # k of the k-NN classifier
