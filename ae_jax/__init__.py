@@ -17,12 +17,15 @@ The building blocks, for use from your own code:
 ['beta', 'elbo', 'grad_norm', 'kl', 'loss', 'recon']
 """
 
+from ae_jax import adversarial
 from ae_jax import applications
 from ae_jax import build
 from ae_jax import corruption
 from ae_jax import data
+from ae_jax import likelihood
 from ae_jax import losses
 from ae_jax import models
+from ae_jax import molecules
 from ae_jax import nn
 from ae_jax import objectives
 from ae_jax import parallel
@@ -34,7 +37,8 @@ from ae_jax.train import make_eval_step
 from ae_jax.train import make_train_step
 
 __all__ = [
-    'applications', 'build', 'corruption', 'data', 'losses', 'models', 'nn', 'objectives', 'parallel', 'train',
+    'adversarial', 'applications', 'build', 'corruption', 'data', 'likelihood', 'losses',
+    'models', 'molecules', 'nn', 'objectives', 'parallel', 'train',
     'TrainState', 'check_finite_metrics', 'create_train_state', 'make_eval_step',
     'make_train_step',
 ]

@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import optax
 
+from ae_jax import adversarial
 from ae_jax import models
 from ae_jax import objectives
 
@@ -20,6 +21,10 @@ MODELS = {
     'conv_ae': models.ConvAutoencoder,
     'conv_vae': models.ConvVAE,
     'vqvae': models.VQVAE,
+    'ladder_vae': models.LadderVAE,
+    'aae': models.AAE,
+    'diffusion_ae': models.DiffusionAutoencoder,
+    'sequence_vae': models.SequenceVAE,
 }
 
 # Variant -> (objective factory, models it accepts).
@@ -34,9 +39,45 @@ VARIANTS = {
     'conv_ae': (objectives.make_autoencoder_objective, ('conv_ae',)),
     'conv_vae': (objectives.make_vae_objective, ('conv_vae',)),
     'vqvae': (objectives.make_vqvae_objective, ('vqvae',)),
+    'ladder_vae': (objectives.make_ladder_vae_objective, ('ladder_vae',)),
+    # Evaluation objective; training uses the three-phase step of TRAINERS['aae'].
+    'aae': (adversarial.make_aae_objective, ('aae',)),
+    'diffusion_ae': (objectives.make_diffusion_ae_objective, ('diffusion_ae',)),
+    'sequence_vae': (objectives.make_sequence_vae_objective, ('sequence_vae',)),
 }
 
 GENERATIVE_VARIANTS = ('vae', 'beta_vae', 'conv_vae')
+
+
+def _aae_trainer(model: nn.Module, config: Mapping[str, Any]) -> adversarial.AAETrainer:
+  txs = {}
+  for phase, section in (('recon', 'optim'), ('disc', 'disc_optim'), ('gen', 'gen_optim')):
+    if section not in config:
+      raise ValueError(f'Variant {config["variant"]!r} needs a config.{section} section '
+                       f'(the {phase} phase\'s optimizer).')
+    try:
+      txs[phase] = build_optimizer(config[section])
+    except ValueError as e:
+      raise ValueError(f'config.{section}: {e}') from e
+  try:
+    return adversarial.AAETrainer(model, txs, _as_kwargs(config.get('loss')))
+  except TypeError as e:
+    raise ValueError(f'Bad loss settings for variant {config["variant"]!r}: {e}') from e
+
+
+# Variants whose train step is not one gradient step of one objective:
+# variant -> factory(model, config) of an object with `create_state(params,
+# model_state)` and `make_train_step()`. The runner evaluates them with their
+# VARIANTS objective and trains them on one device.
+TRAINERS = {
+    'aae': _aae_trainer,
+}
+
+
+def build_trainer(model: nn.Module, config: Mapping[str, Any]):
+  """The multi-phase trainer of `config.variant`, or None for single-objective variants."""
+  factory = TRAINERS.get(config['variant'])
+  return None if factory is None else factory(model, config)
 
 
 def _as_kwargs(section: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -563,3 +563,65 @@ def vq_commitment_loss(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
     Learning", NeurIPS 2017, Eq. 3.
   """
   return _mean_nonbatch(jnp.square(z_e - jax.lax.stop_gradient(z_q)))
+
+
+# ----------------------------------------------------------------------------
+# Diffusion.
+# ----------------------------------------------------------------------------
+
+
+def ddpm_epsilon_loss(eps_pred: jax.Array, eps: jax.Array) -> jax.Array:
+  r"""Per-example DDPM noise-prediction loss, the "simple" objective.
+
+  .. math:: \ell_b = \frac{1}{D} \|\epsilon_b - \epsilon_\theta(x_t, t)_b\|^2
+
+  with :math:`x_t = \sqrt{\bar\alpha_t} x_0 + \sqrt{1 - \bar\alpha_t}\epsilon`:
+  the variational bound with its per-timestep weights dropped, averaged (not
+  summed) over the D pixels so its scale does not depend on the image size.
+  A predictor that outputs 0 scores E[ε²] = 1.
+
+  Args:
+    eps_pred: ``[B, ...]`` predicted noise.
+    eps: ``[B, ...]`` the noise that made :math:`x_t`.
+
+  Returns:
+    ``[B]`` mean squared error over non-batch axes.
+
+  References:
+    Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS
+    2020, Eq. 14.
+  """
+  if eps_pred.shape != eps.shape:
+    raise ValueError(f'eps_pred shape {eps_pred.shape} != eps shape {eps.shape}.')
+  return _mean_nonbatch(jnp.square(eps_pred - eps))
+
+
+# ----------------------------------------------------------------------------
+# Token sequences.
+# ----------------------------------------------------------------------------
+
+
+def token_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+  r"""Per-example negative log-likelihood of token sequences under categorical logits.
+
+  .. math:: \ell_b = -\sum_t m_{bt} \log \operatorname{softmax}(s_{bt})_{y_{bt}}
+
+  Args:
+    logits: ``[B, T, V]`` unnormalised scores :math:`s` over the V tokens.
+    targets: ``[B, T]`` integer token ids :math:`y` in ``[0, V)``.
+    mask: ``[B, T]`` 1 where step t has a target, 0 at padding.
+
+  Returns:
+    ``[B]`` NLL in nats, summed over the masked steps.
+
+  References:
+    Bowman et al., "Generating sentences from a continuous space", CoNLL
+    2016 (the sequence VAE's reconstruction term).
+  """
+  if logits.ndim != 3 or targets.shape != logits.shape[:2] or mask.shape != targets.shape:
+    raise ValueError(
+        f'Expected logits [B, T, V], targets and mask [B, T]; got {logits.shape}, '
+        f'{targets.shape}, {mask.shape}.')
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(log_p, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return -jnp.sum(picked * mask.astype(log_p.dtype), axis=1)

@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from ae_jax import corruption
+from ae_jax import likelihood
 from ae_jax import losses
+from ae_jax.models import diffusion
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -252,6 +254,8 @@ def make_vae_objective(
     gamma: float = 1000.0,
     reconstruction: str = 'bernoulli',
     output_activation: str = 'sigmoid',
+    objective: str = 'elbo',
+    num_samples: int = 1,
 ) -> Objective:
   """Negative ELBO of a Gaussian VAE, with the β-VAE schedules.
 
@@ -260,13 +264,18 @@ def make_vae_objective(
   With `capacity_max` set, the controlled-capacity objective of Burgess et al.
   replaces the β term: loss = recon + γ · |KL − C_t|, C_t = C_max · min(1,
   step / capacity_steps), in nats. The model's `__call__(x, key)` must return
-  a `VAEOutput`.
+  a `VAEOutput`. `objective='iwae'` trains the `num_samples`-sample IWAE
+  bound instead (`make_iwae_objective`).
 
   References:
     Kingma & Welling 2014, "Auto-encoding variational Bayes"; Higgins et al.
     2017, "β-VAE"; Bowman et al. 2016 (KL warm-up); Burgess et al. 2018,
     "Understanding disentangling in β-VAE" (capacity schedule).
   """
+  if _use_iwae(objective, num_samples, capacity_max=capacity_max,
+               reconstruction=reconstruction):
+    return make_iwae_objective(model, num_samples=num_samples, beta=beta,
+                               warmup_steps=warmup_steps)
   _check_reconstruction(reconstruction)
   _check_nonnegative(beta=beta, warmup_steps=warmup_steps, gamma=gamma)
   if capacity_max is not None:
@@ -353,3 +362,267 @@ def make_vqvae_objective(
     return loss, (metrics, dict(new_state))
 
   return stateful_objective
+
+
+def make_diffusion_ae_objective(model: nn.Module) -> Objective:
+  """Diffusion autoencoder: the DDPM noise-prediction loss, conditioned on z_sem.
+
+  For each example, t ~ U{0, ..., T-1} and ε ~ N(0, I) are drawn from `key`,
+  x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε is formed from the image in [-1, 1], and
+  loss = ‖ε - ε_θ(x_t, t, Enc(x_0))‖² / D. The encoder learns only through
+  this loss. Metrics also hold `x0_mse`, the per-pixel squared error (in
+  [0, 1] units) of the one-step estimate x̂_0 of the clean image, clipped to
+  the data range.
+
+  The model must be a `models.DiffusionAutoencoder`.
+
+  References:
+    Preechakul et al. 2022, "Diffusion Autoencoders", eq. 8; Ho et al. 2020,
+    "Denoising diffusion probabilistic models", eq. 14.
+  """
+  if not isinstance(model, diffusion.DiffusionAutoencoder):
+    raise ValueError(
+        f'The diffusion_ae objective needs a DiffusionAutoencoder, got {type(model).__name__}.')
+  alpha_bars_T = diffusion.alpha_bars(diffusion.beta_schedule(model.schedule, model.num_timesteps))
+
+  def objective(params, batch: Batch, key: jax.Array, *, step=0):
+    del step
+    x = batch['image']
+    t_key, eps_key = jax.random.split(key)
+    t_B = jax.random.randint(t_key, (x.shape[0],), 0, model.num_timesteps)
+    eps = jax.random.normal(eps_key, x.shape)
+    x0 = diffusion.to_diffusion_space(x)
+    x_t = diffusion.q_sample(x0, t_B, eps, alpha_bars_T)
+    out = model.apply(params, x, x_t, t_B)
+    loss = batch_mean(losses.ddpm_epsilon_loss(out.eps, eps), batch)
+    # Clipped to the data range: at large t, 1/√ᾱ_t (~150 at t = T-1) amplifies any error.
+    x0_hat = jnp.clip(diffusion.predict_x0(x_t, out.eps, alpha_bars_T[t_B]), -1.0, 1.0)
+    x0_mse = batch_mean(losses.mse(diffusion.from_diffusion_space(x0_hat), x), batch)
+    return loss, {'loss': loss, 'eps_mse': loss, 'x0_mse': x0_mse}
+
+  return objective
+
+
+def make_latent_ddpm_objective(denoiser: nn.Module, *, num_timesteps: int = 1000,
+                               schedule: str = 'linear') -> Objective:
+  """DDPM noise-prediction loss for vectors: the diffusion AE's latent prior.
+
+  `batch['z']` holds [B, Z] (normalised) semantic codes of a frozen encoder;
+  `denoiser(z_t, t)` predicts ε (e.g. `models.LatentDenoiser`).
+
+  References:
+    Preechakul et al. 2022, §4 (latent DDIM); Ho et al. 2020, eq. 14.
+  """
+  alpha_bars_T = diffusion.alpha_bars(diffusion.beta_schedule(schedule, num_timesteps))
+
+  def objective(params, batch: Batch, key: jax.Array, *, step=0):
+    del step
+    z = batch['z']
+    t_key, eps_key = jax.random.split(key)
+    t_B = jax.random.randint(t_key, (z.shape[0],), 0, num_timesteps)
+    eps = jax.random.normal(eps_key, z.shape)
+    eps_pred = denoiser.apply(params, diffusion.q_sample(z, t_B, eps, alpha_bars_T), t_B)
+    loss = batch_mean(losses.ddpm_epsilon_loss(eps_pred, eps), batch)
+    return loss, {'loss': loss}
+
+  return objective
+
+
+def make_sequence_vae_objective(
+    model: nn.Module,
+    *,
+    beta: float = 1.0,
+    warmup_steps: int = 0,
+) -> Objective:
+  """Negative ELBO of a token-sequence VAE with KL annealing.
+
+  loss = NLL(tokens | z) + β_t · KL(q(z|x) ‖ N(0, I)),
+  β_t = β · min(1, step / warmup_steps)
+
+  The NLL is summed over the tokens after <bos> up to and including <eos>
+  (teacher forcing), in nats per molecule. `batch['tokens']` holds int32 rows
+  [B, L] (see `ae_jax.molecules.tokenizer`); the model's `__call__(tokens, key)`
+  must return a `SequenceVAEOutput`. Metrics add the teacher-forced token
+  accuracy.
+
+  References:
+    Bowman et al. 2016, "Generating sentences from a continuous space" (KL
+    annealing); Gómez-Bombarelli et al. 2018, "Automatic chemical design using
+    a data-driven continuous representation of molecules".
+  """
+  from ae_jax.models import sequence  # pylint: disable=g-import-not-at-top
+  _check_nonnegative(beta=beta, warmup_steps=warmup_steps)
+
+  def objective(params, batch: Batch, key: jax.Array, *, step=0):
+    tokens = batch['tokens']
+    out = model.apply(params, tokens, key)
+    targets = tokens[:, 1:]
+    mask_BxT = sequence.target_mask(tokens)
+    recon = batch_mean(losses.token_nll(out.logits, targets, mask_BxT), batch)
+    kl = batch_mean(losses.gaussian_kl(out.mean, out.log_var), batch)
+    correct_B = jnp.sum((jnp.argmax(out.logits, -1) == targets) * mask_BxT, axis=1)
+    accuracy = (batch_mean(correct_B, batch)
+                / jnp.maximum(batch_mean(jnp.sum(mask_BxT, axis=1), batch), 1.0))
+    beta_t = beta * linear_ramp(step, warmup_steps)
+    loss = recon + beta_t * kl
+    metrics = {'recon': recon, 'kl': kl, 'beta': beta_t, 'elbo': -(recon + kl),
+               'token_accuracy': accuracy, 'loss': loss}
+    return loss, metrics
+
+  return objective
+
+
+# ----------------------------------------------------------------------------
+# Importance-weighted and hierarchical VAEs.
+# ----------------------------------------------------------------------------
+
+OBJECTIVES = ('elbo', 'iwae')
+
+
+def _use_iwae(objective: str, num_samples: int, *, capacity_max=None,
+              reconstruction: str = 'bernoulli', free_bits: float = 0.0) -> bool:
+  """Checks the `objective`/`num_samples` pair; True for 'iwae'."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f'Unknown objective {objective!r}; expected one of {OBJECTIVES}.')
+  if num_samples < 1:
+    raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
+  if objective == 'elbo':
+    if num_samples != 1:
+      raise ValueError(f"num_samples={num_samples} applies to objective='iwae' only.")
+    return False
+  if capacity_max is not None:
+    raise ValueError("objective='iwae' has no capacity schedule; unset capacity_max.")
+  if reconstruction != 'bernoulli':
+    raise ValueError(f"objective='iwae' needs the Bernoulli likelihood, got {reconstruction!r}.")
+  if free_bits:
+    raise ValueError("objective='iwae' has no free bits; set free_bits=0.")
+  return True
+
+
+def make_iwae_objective(
+    model: nn.Module,
+    *,
+    num_samples: int = 5,
+    beta: float = 1.0,
+    warmup_steps: int = 0,
+) -> Objective:
+  """The K-sample importance-weighted bound, negated: loss = -mean_b L_K(x_b).
+
+    L_K = log (1/K) Σ_k w_k,  log w_k = log p(x|z_k) + β_t (log p(z_k) - log q(z_k|x)),
+    β_t = β · min(1, step / warmup_steps)
+
+  With β_t = 1 this is IWAE (Burda et al. 2016, Eq. 8); at K = 1 its
+  expectation is the negative ELBO with the same β_t, so the warm-up means the
+  same as in `make_vae_objective`. For `models.MLPVAE`, `models.ConvVAE` and
+  `models.LadderVAE` (see `ae_jax.likelihood`). Metrics (batch means, nats):
+  'iwae' (L_K at β = 1), 'elbo' (the mean of the K log weights, a K-sample
+  ELBO estimate), 'recon' (-mean log p(x|z_k)), 'kl' (mean log q - log p, a
+  Monte Carlo KL), 'beta', 'loss'.
+
+  References:
+    Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+  """
+  if not likelihood.supports(model):
+    raise ValueError(f'The IWAE objective needs an MLPVAE, ConvVAE or LadderVAE, got '
+                     f'{type(model).__name__}.')
+  if num_samples < 1:
+    raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
+  _check_nonnegative(beta=beta, warmup_steps=warmup_steps)
+
+  def objective(params, batch: Batch, key: jax.Array, *, step=0):
+    x = batch['image']
+    terms = likelihood.log_weight_terms(model, params, x, key, num_samples=num_samples)
+    beta_t = beta * linear_ramp(step, warmup_steps)
+    loss = -batch_mean(likelihood.log_mean_exp(terms.log_weights(beta_t)), batch)
+    log_w = terms.log_weights()
+    metrics = {
+        'iwae': batch_mean(likelihood.log_mean_exp(log_w), batch),
+        'elbo': batch_mean(jnp.mean(log_w, axis=1), batch),
+        'recon': -batch_mean(jnp.mean(terms.log_px_z, axis=1), batch),
+        'kl': batch_mean(jnp.mean(terms.log_qz - terms.log_pz, axis=1), batch),
+        'beta': beta_t,
+        'loss': loss,
+    }
+    return loss, metrics
+
+  return objective
+
+
+def _masked_variance(values_BxZ: jax.Array, batch: Batch) -> jax.Array:
+  """Per-unit variance over the batch rows whose mask is 1, [Z]."""
+  mask = batch.get('mask')
+  mask = jnp.ones(values_BxZ.shape[:1]) if mask is None else mask.astype(values_BxZ.dtype)
+  count = jnp.maximum(jnp.sum(mask), 1.0)
+  mean = jnp.sum(values_BxZ * mask[:, None], 0) / count
+  return jnp.sum(jnp.square(values_BxZ - mean) * mask[:, None], 0) / count
+
+
+def make_ladder_vae_objective(
+    model: nn.Module,
+    *,
+    beta: float = 1.0,
+    warmup_steps: int = 0,
+    free_bits: float = 0.0,
+    active_threshold: float = 0.01,
+    reconstruction: str = 'bernoulli',
+    objective: str = 'elbo',
+    num_samples: int = 1,
+) -> Objective:
+  """Negative ELBO of a ladder VAE with KL warm-up and free bits per layer.
+
+    loss = recon + β_t Σ_i max(λ, KL_i),  β_t = β · min(1, step / warmup_steps)
+    KL_i = E_batch KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1}))
+
+  Each KL_i is the Gaussian-Gaussian KL in closed form between the merged
+  posterior and the top-down prior of layer i, both at the sampled z_{i+1}
+  (`losses.gaussian_kl_between`); the top layer's prior is N(0, I). The sum
+  over layers of these terms, with z drawn from q, is an unbiased estimate of
+  KL(q(z|x) ‖ p(z)), so recon + Σ_i KL_i is the negative ELBO. Free bits
+  (Kingma et al. 2016): λ = `free_bits` nats per layer, each layer being one
+  group, applied to the minibatch mean KL_i, so a layer whose KL is below λ
+  gets no gradient pushing it further down (the 'elbo' metric always uses the
+  plain KL).
+
+  Metrics (batch means, nats): 'recon', 'kl', 'kl_layer{i}' for i = 1..L
+  (bottom first), 'active_units_layer{i}' (Burda et al.'s count of units with
+  Cov_x(E_q[z]) > `active_threshold` over this batch, E_q[z_i] taken along the
+  posterior-mean path, see `LadderVAE.posterior_means`), 'beta', 'elbo', 'loss'.
+
+  `objective='iwae'` trains the `num_samples`-sample IWAE bound instead
+  (`make_iwae_objective`).
+
+  References:
+    Sønderby et al. 2016, "Ladder variational autoencoders" (warm-up, Sec. 2.3);
+    Kingma et al. 2016, "Improved variational inference with inverse
+    autoregressive flow", App. C.8 (free bits); Burda et al. 2016, Sec. 5.2
+    (active units).
+  """
+  from ae_jax.models import ladder  # pylint: disable=g-import-not-at-top
+  if not isinstance(model, ladder.LadderVAE):
+    raise ValueError(f'The ladder_vae objective needs a LadderVAE, got {type(model).__name__}.')
+  if _use_iwae(objective, num_samples, reconstruction=reconstruction, free_bits=free_bits):
+    return make_iwae_objective(model, num_samples=num_samples, beta=beta,
+                               warmup_steps=warmup_steps)
+  if reconstruction != 'bernoulli':
+    raise ValueError(f"The ladder VAE's decoder is Bernoulli; reconstruction={reconstruction!r}.")
+  _check_nonnegative(beta=beta, warmup_steps=warmup_steps, free_bits=free_bits,
+                     active_threshold=active_threshold)
+
+  def fn(params, batch: Batch, key: jax.Array, *, step=0):
+    x = batch['image']
+    out = model.apply(params, x, key)
+    recon = batch_mean(losses.bernoulli_nll(out.logits, x), batch)
+    kl_layers = [batch_mean(losses.gaussian_kl_between(qm, qv, pm, pv), batch)
+                 for qm, qv, pm, pv in zip(out.q_mean, out.q_log_var, out.p_mean, out.p_log_var)]
+    beta_t = beta * linear_ramp(step, warmup_steps)
+    loss = recon + beta_t * sum(jnp.maximum(free_bits, kl) for kl in kl_layers)
+    kl = sum(kl_layers)
+    metrics = {'recon': recon, 'kl': kl, 'beta': beta_t, 'elbo': -(recon + kl), 'loss': loss}
+    means = model.apply(jax.lax.stop_gradient(params), x, method=model.posterior_means)
+    for i, (kl_i, mean_i) in enumerate(zip(kl_layers, means), start=1):
+      metrics[f'kl_layer{i}'] = kl_i
+      metrics[f'active_units_layer{i}'] = jnp.sum(
+          (_masked_variance(mean_i, batch) > active_threshold).astype(jnp.float32))
+    return loss, metrics
+
+  return fn

@@ -79,8 +79,10 @@ def save_latent_map(codes_NxZ: np.ndarray, labels_N: np.ndarray | None, path: st
     xy, axis_names = centred @ vt[:2].T, ('PC 1', 'PC 2')
   fig = Figure(figsize=(5.5, 5))
   ax = fig.subplots()
-  scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels_N, cmap='tab10', s=6, alpha=0.8)
-  if labels_N is not None:
+  if labels_N is None:
+    ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.8)
+  else:
+    scatter = ax.scatter(xy[:, 0], xy[:, 1], c=labels_N, cmap='tab10', s=6, alpha=0.8)
     fig.colorbar(scatter, ax=ax, label='label')
   ax.set_xlabel(axis_names[0])
   ax.set_ylabel(axis_names[1])

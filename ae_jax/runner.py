@@ -66,6 +66,11 @@ from ae_jax import plotting
 from ae_jax import train
 
 
+# Datasets of token rows (ae_jax.molecules.data.MOLECULE_DATASETS), named here so
+# that image runs never import the molecule package.
+_MOLECULE_DATASETS = ('moses',)
+
+
 class TrainingDivergedError(FloatingPointError):
   """The loss or a gradient became NaN or Inf."""
 
@@ -119,15 +124,30 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f'{num_devices} devices.')
   # The builders check the remaining values (β < 0, unknown noise, ...) by name.
   build.build_objective(config.variant, build.build_model(config.model), config.loss)
+  if config.variant in build.TRAINERS:
+    if jax.device_count() > 1:
+      raise ValueError(f'config.variant={config.variant!r} trains on one device only; got '
+                       f'{jax.device_count()} devices (set JAX_PLATFORMS/CUDA_VISIBLE_DEVICES '
+                       'to expose one).')
+    build.build_trainer(build.build_model(config.model), config)
   build.build_optimizer(config.optim)
+  if config.variant == 'diffusion_ae':
+    from ae_jax import diffusion_ae  # pylint: disable=g-import-not-at-top
+    diffusion_ae.validate_config(config)
 
 
 def _data_iterator(config, split: str, *, batch_size: int, shuffle: bool, start_step: int = 0,
                    drop_remainder: bool = True,
                    whole_batch: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Batches of `split`; this process's rows of each global batch unless `whole_batch`."""
+  data = config.data.name
+  if data in _MOLECULE_DATASETS:
+    # Token rows of tokenized molecules, served under the batch key 'tokens'.
+    from ae_jax.molecules import data as molecule_data  # pylint: disable=g-import-not-at-top
+    molecule_data.check_config(config)
+    data = molecule_data.source_from_config(config.data, split)
   return data_lib.batches(
-      config.data.name, split, batch_size=batch_size, seed=config.data.shuffle_seed,
+      data, split, batch_size=batch_size, seed=config.data.shuffle_seed,
       shuffle=shuffle, drop_remainder=drop_remainder, binarize=config.data.binarize,
       start_step=start_step, data_dir=config.data.data_dir,
       process_index=0 if whole_batch else jax.process_index(),
@@ -142,10 +162,12 @@ def _replicate_key(key: jax.Array, sharding: jax.sharding.Sharding) -> jax.Array
 
 def init_variables(model, x: jax.Array, key: jax.Array) -> dict[str, Any]:
   """Initial variables of any ae_jax model for an input batch like `x`."""
-  if isinstance(model, (models.MLPVAE, models.ConvVAE)):
+  if isinstance(model, (models.MLPVAE, models.ConvVAE, models.SequenceVAE, models.LadderVAE)):
     return model.init(key, x, key)
   if isinstance(model, models.VQVAE):
     return model.init(key, x, train=False)
+  if isinstance(model, models.DiffusionAutoencoder):
+    return model.init(key, x, x, jnp.zeros((x.shape[0],), jnp.int32))
   return model.init(key, x)
 
 
@@ -276,8 +298,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                               batch_size=config.data.batch_size, shuffle=False))
   # Jitted: one compilation instead of one per eager op (seconds on CPU).
   params, model_state = _split_variables(jax.jit(functools.partial(init_variables, model))(
-      jnp.asarray(first['image'][:1]), init_key))
+      jnp.asarray(first['tokens' if 'tokens' in first else 'image'][:1]), init_key))
   state = train.create_train_state(params, tx, model_state)
+  trainer = build.build_trainer(model, config)  # None unless a multi-phase variant (AAE).
+  if trainer is not None:
+    state = trainer.create_state(params, model_state)
 
   if jax.device_count() > 1:
     mesh = parallel.make_mesh()
@@ -290,7 +315,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_key, eval_key = (_replicate_key(k, replicated) for k in (train_key, eval_key))
     put = lambda batch: parallel.shard_batch(batch, mesh)
   else:
-    train_step = train.make_train_step(objective, tx)
+    train_step = (train.make_train_step(objective, tx) if trainer is None
+                  else trainer.make_train_step())
     eval_step = train.make_eval_step(objective)
     put = lambda batch: jax.tree.map(jnp.asarray, batch)
   if is_main:
@@ -378,6 +404,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   if not eval_metrics:
     eval_metrics = evaluate(start_step)
+  if isinstance(model, models.DiffusionAutoencoder):
+    # DDIM reconstruction PSNRs, then the second stage: a latent DDPM on the frozen encoder.
+    from ae_jax import diffusion_ae  # pylint: disable=g-import-not-at-top
+    eval_metrics = {**eval_metrics, **diffusion_ae.finish_run(
+        config, model, state, workdir, eval_key, is_main=is_main)}
   if is_main:
     paths = write_figures(config, model, state, workdir, eval_key)
     seconds = time.time() - start_time
@@ -400,6 +431,15 @@ def _finish_step(step, metrics, *, writer, config, progress) -> None:
 def write_figures(config, model, state, workdir: str, key: jax.Array) -> list[str]:
   """Reconstructions, prior samples (generative models), the latent map and
   the training curves, as PNG files under workdir/figures."""
+  if isinstance(model, models.SequenceVAE):
+    from ae_jax.molecules import figures as molecule_figures  # pylint: disable=g-import-not-at-top
+    return molecule_figures.write_run_figures(config, model, state, workdir, key)
+  if isinstance(model, models.DiffusionAutoencoder):
+    from ae_jax import diffusion_ae  # pylint: disable=g-import-not-at-top
+    return diffusion_ae.write_figures(config, model, state, workdir, key)
+  if isinstance(model, models.LadderVAE):
+    from ae_jax import ladder_figures  # pylint: disable=g-import-not-at-top
+    return ladder_figures.write_figures(config, model, state, workdir, key)
   n = config.train.num_figure_examples
   batch = next(_data_iterator(config, config.data.eval_split,
                               batch_size=max(config.data.eval_batch_size, n), shuffle=False,
@@ -434,6 +474,10 @@ def write_figures(config, model, state, workdir: str, key: jax.Array) -> list[st
   paths.append(plotting.save_latent_map(
       np.asarray(codes), batch.get('label'), plotting.figure_path(workdir, 'latent_map.png'),
       title=f'{config.variant}: test codes'))
+  if isinstance(model, models.AAE):
+    from ae_jax import adversarial  # pylint: disable=g-import-not-at-top
+    paths += adversarial.save_figures(config, model, variables, x, batch.get('label'),
+                                      workdir, key)
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   if os.path.exists(metrics_path):
     paths.append(plotting.save_training_curves(

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ae_jax import data
@@ -21,3 +22,10 @@ def train_briefly(model, objective, images, *, num_steps, batch_size=64, learnin
   for _ in range(num_steps):
     state, _ = step(state, next(batches), key)
   return state.params
+
+
+def binary_mnist5k(n, seed=0):
+  """The first `n` MNIST-5k training digits, binarized once: x ~ Bernoulli(pixels)."""
+  images, _ = data.load_arrays('mnist5k', 'train')
+  rng = np.random.default_rng(seed)
+  return (rng.random(images[:n].shape) < images[:n]).astype(np.float32)

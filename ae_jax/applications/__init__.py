@@ -17,6 +17,8 @@ Each function takes a model, its variables and numpy images; see the modules:
   known factors (`ae_jax.data.shapes`); `tcvae`: the β-TCVAE objective;
 - `inpainting`: random-pixel and box masks, mean fill, iterative decoder
   fill, latent optimisation for VAEs, PSNR on the missing region;
+- `vq_prior`: a gated PixelCNN prior over a VQ-VAE's code grids, trained on
+  the frozen encoder's codes, sampled and decoded;
 - `common`: `train_or_restore` and `restore_variables` for a run's checkpoint.
 
 >>> import jax.numpy as jnp
@@ -35,6 +37,7 @@ from ae_jax.applications import embedding
 from ae_jax.applications import inpainting
 from ae_jax.applications import latent
 from ae_jax.applications import tcvae
+from ae_jax.applications import vq_prior
 from ae_jax.applications.anomaly import anomaly_scores
 from ae_jax.applications.anomaly import detection_metrics
 from ae_jax.applications.anomaly import elbo

@@ -49,7 +49,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -59,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from ae_jax import likelihood
 from ae_jax import losses
 from ae_jax.applications import common
 from ae_jax.applications import embedding
@@ -67,7 +67,6 @@ Variables = common.Variables
 
 SCORES = ('reconstruction_error', 'negative_elbo', 'iwae_nll', 'reconstruction_probability')
 VAE_SCORES = SCORES[1:]
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class SampleTerms(NamedTuple):
@@ -85,15 +84,6 @@ class SampleTerms(NamedTuple):
   kl: jax.Array
 
 
-def _example_keys(key: jax.Array, batch_size: int) -> jax.Array:
-  """[B] keys: `key` itself if it already holds one per example, else fold_in(key, b)."""
-  if key.ndim == 1:
-    if key.shape[0] != batch_size:
-      raise ValueError(f'Got {key.shape[0]} keys for a batch of {batch_size}.')
-    return key
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch_size))
-
-
 def sample_terms(
     model: nn.Module,
     variables: Variables,
@@ -104,6 +94,9 @@ def sample_terms(
     chunk_size: int | None = None,
 ) -> SampleTerms:
   """Draws K samples z_k ~ q(z|x) per example and evaluates their log densities.
+
+  The sampling is `ae_jax.likelihood.log_weight_terms` (same keys, same
+  chunking); this adds the closed-form KL of the one-layer VAE.
 
   Args:
     model: a VAE (MLPVAE or ConvVAE) with a Bernoulli decoder.
@@ -121,44 +114,14 @@ def sample_terms(
   if common.model_family(model) != 'vae':
     raise ValueError(f'{type(model).__name__} has no posterior q(z|x); likelihood '
                      "scores need a VAE. Use 'reconstruction_error'.")
-  if num_samples < 1:
-    raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
-  chunk_size = num_samples if chunk_size is None else min(chunk_size, num_samples)
-  if chunk_size < 1:
-    raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
-  batch = x.shape[0]
-  keys_B = _example_keys(key, batch)
+  terms = likelihood.log_weight_terms(model, variables, x, key, num_samples=num_samples,
+                                      chunk_size=chunk_size)
   mean, log_var = model.apply(variables, x, method='encode')
-  std = jnp.exp(0.5 * log_var)
-  x_BxD = x.reshape(batch, -1)
-
-  def chunk(indices_C):
-    # Sample i of example b is drawn from fold_in(key_b, i): the same whatever the chunking.
-    draw = lambda k_b, i: jax.random.normal(jax.random.fold_in(k_b, i), mean.shape[1:],
-                                            mean.dtype)
-    eps_BxCxZ = jax.vmap(lambda k_b: jax.vmap(lambda i: draw(k_b, i))(indices_C))(keys_B)
-    z = mean[:, None] + std[:, None] * eps_BxCxZ
-    logits = model.apply(variables, z.reshape((-1,) + mean.shape[1:]), method='decode')
-    targets = jnp.repeat(x_BxD, indices_C.shape[0], axis=0)
-    log_px_z = -losses.bernoulli_nll(logits.reshape(targets.shape), targets)
-    sum_z = lambda a: jnp.sum(a.reshape(a.shape[0], a.shape[1], -1), axis=-1)
-    log_pz = -0.5 * sum_z(jnp.square(z) + _LOG_2PI)
-    log_qz = -0.5 * sum_z(jnp.square(eps_BxCxZ) + _LOG_2PI + log_var[:, None])
-    return log_px_z.reshape(batch, -1), log_pz, log_qz
-
-  num_chunks = -(-num_samples // chunk_size)
-  indices = jnp.arange(num_chunks * chunk_size).reshape(num_chunks, chunk_size)
-  # lax.map runs the chunks one after another: memory holds one chunk's decoder pass.
-  parts = jax.lax.map(chunk, indices)
-  log_px_z, log_pz, log_qz = (
-      jnp.moveaxis(p, 0, 1).reshape(batch, -1)[:, :num_samples] for p in parts)
-  kl = losses.gaussian_kl(mean, log_var)
-  return SampleTerms(log_px_z=log_px_z, log_pz=log_pz, log_qz=log_qz, kl=kl)
+  return SampleTerms(log_px_z=terms.log_px_z, log_pz=terms.log_pz, log_qz=terms.log_qz,
+                     kl=losses.gaussian_kl(mean, log_var))
 
 
-def log_mean_exp(a: jax.Array, axis: int = -1) -> jax.Array:
-  """log((1/K) sum_k exp(a_k)) along `axis`, computed stably through logsumexp."""
-  return jax.nn.logsumexp(a, axis=axis) - jnp.log(a.shape[axis])
+log_mean_exp = likelihood.log_mean_exp
 
 
 def log_importance_weights(terms: SampleTerms) -> jax.Array:
@@ -166,17 +129,9 @@ def log_importance_weights(terms: SampleTerms) -> jax.Array:
   return terms.log_px_z + terms.log_pz - terms.log_qz
 
 
-def iwae_log_likelihood(model: nn.Module, variables: Variables, x: jax.Array,
-                        key: jax.Array, *, num_samples: int,
-                        chunk_size: int | None = None) -> jax.Array:
-  """The K-sample importance-weighted estimate of log p(x), [B] nats.
-
-  log p(x) ~= log_mean_exp_k log w_k; at K = 1 it is the single-sample ELBO
-  estimate log p(x|z) + log p(z) - log q(z|x) (Burda et al. 2016).
-  """
-  terms = sample_terms(model, variables, x, key, num_samples=num_samples,
-                       chunk_size=chunk_size)
-  return log_mean_exp(log_importance_weights(terms))
+# The K-sample importance-weighted estimate of log p(x), [B] nats; for every
+# model `ae_jax.likelihood` supports (the ladder VAE too).
+iwae_log_likelihood = likelihood.iwae_log_likelihood
 
 
 def elbo(model: nn.Module, variables: Variables, x: jax.Array, key: jax.Array, *,

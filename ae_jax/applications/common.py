@@ -134,6 +134,9 @@ def restore_variables(
     params = {'params': variables['params']}
     model_state = {k: v for k, v in variables.items() if k != 'params'}
     state = train.create_train_state(params, build.build_optimizer(config.optim), model_state)
+    trainer = build.build_trainer(model, config)  # A multi-phase state (AAE) is shaped by it.
+    if trainer is not None:
+      state = trainer.create_state(params, model_state)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     state = manager.restore(step, args=ocp.args.StandardRestore(target))
   finally:

@@ -157,6 +157,9 @@ def batches(
     )
 
   source = sources_lib.open_source(data, split, data_dir=data_dir)
+  if binarize and getattr(source, 'dtype', np.float32) != np.float32:
+    raise ValueError(f'binarize=True needs images; {source.name!r} serves '
+                     f"{np.dtype(source.dtype).name} '{source.input_key}'.")
   num_examples = len(source)
   if num_examples == 0:
     raise ValueError(f'Dataset {source.name!r} split {split!r} is empty.')
@@ -219,7 +222,9 @@ def _generate(
     indices = global_indices[first_row:first_row + local_size]
     num_real = len(indices)
 
-    images = np.zeros((local_size, *element_shape), np.float32)
+    # A source may serve other arrays than images: token rows (int32) under
+    # its `input_key` (ae_jax.molecules.data.TokenSource); padding rows are 0.
+    images = np.zeros((local_size, *element_shape), getattr(source, 'dtype', np.float32))
     labels = np.full((local_size,), -1, np.int32)
     if num_real:
       images[:num_real], labels[:num_real] = source.get(indices)
@@ -229,7 +234,7 @@ def _generate(
       )[first_row:first_row + local_size]
       images = (noise < images).astype(np.float32)
 
-    batch = {'image': images, 'label': labels}
+    batch = {getattr(source, 'input_key', 'image'): images, 'label': labels}
     if not drop_remainder:
       mask = np.zeros((local_size,), np.float32)
       mask[:num_real] = 1.0

@@ -17,5 +17,5 @@ def get_config(arg=None):
   config.model = dict(name='mlp_vae', hidden=(400,), latent_dim=10)
   config.loss = dict(beta=4.0, warmup_steps=500, reconstruction='bernoulli',
                      capacity_max=config_dict.placeholder(float), capacity_steps=2000,
-                     gamma=100.0)
+                     gamma=100.0, objective='elbo', num_samples=1)
   return common.with_preset(config, arg)

@@ -37,6 +37,25 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+# 60,000 Fashion-MNIST training images / batch 100.
+FASHION_EPOCH_STEPS = 600
+
+
+def binarized_fashion_mnist(config: ml_collections.ConfigDict,
+                            epochs: int = 30) -> ml_collections.ConfigDict:
+  """The likelihood comparison's data and schedule: dynamically binarized
+  Fashion-MNIST (prepared offline), batch 100, `epochs` epochs, evaluated and
+  checkpointed every 5 epochs."""
+  config.data.name = 'fashion_mnist'
+  config.data.binarize = True
+  config.data.batch_size = 100
+  config.train.num_train_steps = epochs * FASHION_EPOCH_STEPS
+  config.train.log_every_steps = 200
+  config.train.eval_every_steps = 5 * FASHION_EPOCH_STEPS
+  config.train.checkpoint_every_steps = 5 * FASHION_EPOCH_STEPS
+  return config
+
+
 def with_preset(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies the preset named `arg`, then locks the config against new keys."""
   preset = arg or 'default'

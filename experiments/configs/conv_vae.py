@@ -12,7 +12,8 @@ def get_config(arg=None):
   config = common.base_config()
   config.variant = 'conv_vae'
   config.model = dict(name='conv_vae', latent_dim=16, channels=(32, 64, 128))
-  config.loss = dict(beta=1.0, warmup_steps=200, reconstruction='bernoulli')
+  config.loss = dict(beta=1.0, warmup_steps=200, reconstruction='bernoulli', objective='elbo',
+                     num_samples=1)
   # Sized so the demo finishes in a few minutes on 2 CPU cores.
   config.train.num_train_steps = 1000
   config.train.eval_every_steps = 250

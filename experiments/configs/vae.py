@@ -10,5 +10,6 @@ def get_config(arg=None):
   config = common.base_config()
   config.variant = 'vae'
   config.model = dict(name='mlp_vae', hidden=(400,), latent_dim=20)
-  config.loss = dict(beta=1.0, warmup_steps=0, reconstruction='bernoulli')
+  config.loss = dict(beta=1.0, warmup_steps=0, reconstruction='bernoulli', objective='elbo',
+                     num_samples=1)
   return common.with_preset(config, arg)

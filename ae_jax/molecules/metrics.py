@@ -1,0 +1,209 @@
+"""MOSES metrics of generated molecules, computed with RDKit.
+
+Definitions (Polykovskiy et al. 2020, and the `moses.metrics` code):
+  validity      fraction of generated strings RDKit parses and sanitizes; the
+                empty string is invalid.
+  unique@k      among the first k VALID generated molecules, the number of
+                distinct canonical SMILES divided by k (by the number there
+                are when fewer than k are valid).
+  novelty       among the distinct canonical valid molecules, the fraction not
+                in the training set (canonical SMILES; MOSES stores its
+                splits canonical).
+  IntDiv_p      1 - (1/|A|^2 Σ_{x,y ∈ A×A} T(x, y)^p)^(1/p) over the valid
+                molecules A (duplicates kept, the pairs x = y included, as in
+                MOSES), T the Tanimoto similarity of Morgan fingerprints of
+                radius 2 and 1,024 bits; IntDiv is p = 1.
+  properties    QED, Crippen logP and molecular weight (RDKit), compared with
+                the test set by the Wasserstein-1 distance.
+
+References:
+  Polykovskiy et al., "Molecular Sets (MOSES): a benchmarking platform for
+  molecular generation models", Front. Pharmacol. 2020. Rogers & Hahn,
+  "Extended-connectivity fingerprints", J. Chem. Inf. Model. 2010 (Morgan
+  fingerprints). Bickerton et al., "Quantifying the chemical beauty of drugs",
+  Nat. Chem. 2012 (QED). Wildman & Crippen, J. Chem. Inf. Comput. Sci. 1999
+  (logP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+PROPERTIES = ('qed', 'logp', 'weight')
+MORGAN_RADIUS = 2
+MORGAN_BITS = 1024
+
+
+def _rdkit():
+  try:
+    from rdkit import Chem  # pylint: disable=g-import-not-at-top
+    from rdkit import RDLogger  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+        'Molecule metrics need RDKit: `pip install rdkit selfies` '
+        '(or `pip install -e .[molecules]`).') from None
+  RDLogger.DisableLog('rdApp.*')  # Parse errors of generated strings are expected.
+  return Chem
+
+
+def to_mol(smiles: str):
+  """The RDKit molecule of `smiles`, or None if it is empty or does not parse."""
+  Chem = _rdkit()  # pylint: disable=invalid-name
+  if not isinstance(smiles, str) or not smiles:
+    return None
+  mol = Chem.MolFromSmiles(smiles)  # Sanitizes: valence and aromaticity checks.
+  if mol is None or mol.GetNumAtoms() == 0:
+    return None
+  return mol
+
+
+def canonical(smiles: str) -> str | None:
+  """RDKit canonical SMILES of `smiles`, or None if it is invalid."""
+  mol = to_mol(smiles)
+  if mol is None:
+    return None
+  return _rdkit().MolToSmiles(mol)
+
+
+def canonical_all(smiles: Iterable[str]) -> list[str | None]:
+  """`canonical` of each string."""
+  return [canonical(s) for s in smiles]
+
+
+def validity(smiles: Sequence[str]) -> float:
+  """Fraction of `smiles` RDKit parses."""
+  if not len(smiles):
+    raise ValueError('validity of an empty list is undefined.')
+  return sum(to_mol(s) is not None for s in smiles) / len(smiles)
+
+
+def valid_canonical(smiles: Iterable[str]) -> list[str]:
+  """Canonical SMILES of the valid strings, in order, duplicates kept."""
+  return [c for c in canonical_all(smiles) if c is not None]
+
+
+def unique_at(valid_canonical_smiles: Sequence[str], k: int) -> float:
+  """unique@k of canonical valid SMILES (see module docstring)."""
+  if k <= 0:
+    raise ValueError(f'k must be > 0, got {k}.')
+  first = list(valid_canonical_smiles[:k])
+  if not first:
+    raise ValueError('unique@k needs at least one valid molecule.')
+  return len(set(first)) / len(first)
+
+
+def novelty(valid_canonical_smiles: Iterable[str], train_canonical: set[str] | frozenset[str]
+            ) -> float:
+  """Fraction of the distinct molecules not in `train_canonical`."""
+  distinct = set(valid_canonical_smiles)
+  if not distinct:
+    raise ValueError('novelty needs at least one valid molecule.')
+  return len(distinct - set(train_canonical)) / len(distinct)
+
+
+def morgan_fingerprints(smiles: Sequence[str], *, radius: int = MORGAN_RADIUS,
+                        num_bits: int = MORGAN_BITS) -> np.ndarray:
+  """uint8 [N, num_bits] Morgan bit vectors of valid SMILES.
+
+  Raises:
+    ValueError: naming an invalid string.
+  """
+  _rdkit()
+  from rdkit.Chem import rdFingerprintGenerator  # pylint: disable=g-import-not-at-top
+  generator = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=num_bits)
+  out = np.zeros((len(smiles), num_bits), np.uint8)
+  for i, s in enumerate(smiles):
+    mol = to_mol(s)
+    if mol is None:
+      raise ValueError(f'Fingerprint of an invalid molecule {s!r} (item {i}).')
+    out[i] = generator.GetFingerprintAsNumPy(mol)
+  return out
+
+
+def tanimoto_matrix(a_NxF: np.ndarray, b_MxF: np.ndarray) -> np.ndarray:
+  """T[i, j] = |a_i ∧ b_j| / |a_i ∨ b_j| of bit vectors; 1 where both are empty."""
+  a = np.asarray(a_NxF, np.float32)
+  b = np.asarray(b_MxF, np.float32)
+  both = a @ b.T
+  either = a.sum(1)[:, None] + b.sum(1)[None, :] - both
+  with np.errstate(invalid='ignore', divide='ignore'):
+    t = both / either
+  return np.where(either == 0, 1.0, t)
+
+
+def internal_diversity(smiles: Sequence[str], *, p: int = 1, chunk: int = 2000) -> float:
+  """IntDiv_p of valid SMILES (see module docstring), in chunks of rows."""
+  fps = morgan_fingerprints(smiles)
+  if not len(fps):
+    raise ValueError('internal diversity needs at least one valid molecule.')
+  total = 0.0
+  for start in range(0, len(fps), chunk):
+    total += float(np.sum(tanimoto_matrix(fps[start:start + chunk], fps) ** p))
+  return 1.0 - (total / len(fps) ** 2) ** (1.0 / p)
+
+
+def properties(smiles: Sequence[str]) -> dict[str, np.ndarray]:
+  """{'qed', 'logp', 'weight'}: float64 [N] of valid SMILES."""
+  _rdkit()
+  from rdkit.Chem import Crippen  # pylint: disable=g-import-not-at-top
+  from rdkit.Chem import Descriptors  # pylint: disable=g-import-not-at-top
+  from rdkit.Chem import QED  # pylint: disable=g-import-not-at-top
+  values = {name: np.zeros((len(smiles),)) for name in PROPERTIES}
+  for i, s in enumerate(smiles):
+    mol = to_mol(s)
+    if mol is None:
+      raise ValueError(f'Properties of an invalid molecule {s!r} (item {i}).')
+    values['qed'][i] = QED.qed(mol)
+    values['logp'][i] = Crippen.MolLogP(mol)
+    values['weight'][i] = Descriptors.MolWt(mol)
+  return values
+
+
+def wasserstein_1d(u: np.ndarray, v: np.ndarray) -> float:
+  """Wasserstein-1 distance of two empirical 1-D distributions: ∫ |F_u − F_v| dx."""
+  u, v = np.sort(np.asarray(u, np.float64)), np.sort(np.asarray(v, np.float64))
+  if not len(u) or not len(v):
+    raise ValueError('Wasserstein distance of an empty sample.')
+  grid = np.concatenate([u, v])
+  grid.sort()
+  cdf_u = np.searchsorted(u, grid[:-1], side='right') / len(u)
+  cdf_v = np.searchsorted(v, grid[:-1], side='right') / len(v)
+  return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(grid)))
+
+
+def generation_metrics(generated_smiles: Sequence[str], *, train_canonical: frozenset[str],
+                       test_properties: dict[str, np.ndarray] | None = None,
+                       ks: Sequence[int] = (1000, 10000),
+                       max_intdiv: int | None = None) -> dict[str, float]:
+  """MOSES metrics of generated SMILES (see module docstring).
+
+  Args:
+    generated_smiles: the samples, invalid ones included.
+    train_canonical: canonical SMILES of the training set.
+    test_properties: `properties` of the test set; adds '<prop>_w1' distances.
+    ks: the k of unique@k.
+    max_intdiv: compute IntDiv on the first this many valid molecules (None: all).
+
+  Returns:
+    {'valid', 'unique@k'..., 'novelty', 'intdiv', 'intdiv2', 'num_samples',
+     'num_valid', and '<prop>_w1', '<prop>_mean' for each property}.
+  """
+  canon = valid_canonical(generated_smiles)
+  result = {'num_samples': len(generated_smiles), 'num_valid': len(canon),
+            'valid': len(canon) / len(generated_smiles)}
+  if not canon:
+    return result
+  for k in ks:
+    result[f'unique@{k}'] = unique_at(canon, k)
+  result['novelty'] = novelty(canon, train_canonical)
+  sample = canon if max_intdiv is None else canon[:max_intdiv]
+  result['intdiv'] = internal_diversity(sample, p=1)
+  result['intdiv2'] = internal_diversity(sample, p=2)
+  props = properties(canon)
+  for name in PROPERTIES:
+    result[f'{name}_mean'] = float(np.mean(props[name]))
+    if test_properties is not None:
+      result[f'{name}_w1'] = wasserstein_1d(props[name], test_properties[name])
+  return result

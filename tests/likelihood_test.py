@@ -1,0 +1,233 @@
+"""Importance-weighted log-likelihoods: K = 1 is the single-sample ELBO by hand, chunking
+changes nothing, the bound is above the ELBO and grows with K on trained models, K = 5000
+runs chunked, the IWAE training objective, and experiments/likelihood.py end to end."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ae_jax import likelihood
+from ae_jax import models
+from ae_jax import objectives
+from ae_jax import runner
+from ae_jax import train
+from experiments import likelihood as likelihood_script
+from experiments.configs import ladder_vae as ladder_config
+
+from _app_helpers import binary_mnist5k
+
+KEY = jax.random.key(0)
+
+MODELS = {
+    'mlp_vae': lambda: models.MLPVAE(hidden=(64,), latent_dim=8),
+    'conv_vae': lambda: models.ConvVAE(latent_dim=4, channels=(8, 8, 8)),
+    'ladder_vae': lambda: models.LadderVAE(hidden=(64, 32, 16), latent_dims=(12, 6, 3)),
+}
+
+
+@pytest.fixture(scope='module')
+def images():
+  return binary_mnist5k(2000, seed=1)
+
+
+def _init(name, x):
+  model = MODELS[name]()
+  return model, model.init(KEY, x[:1], KEY)
+
+
+def _train(name, images, objective_kwargs=None, steps=300):
+  """Trains `name` briefly on binarized digits; returns (model, variables, first/last loss)."""
+  model, variables = _init(name, jnp.asarray(images[:1]))
+  if name == 'ladder_vae':
+    objective = objectives.make_ladder_vae_objective(model, **(objective_kwargs or {}))
+  else:
+    objective = objectives.make_vae_objective(model, **(objective_kwargs or {}))
+  tx = optax.adam(2e-3)
+  state = train.create_train_state(variables, tx)
+  step = train.make_train_step(objective, tx)
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(steps):
+    rows = rng.choice(len(images), 64, replace=False)
+    state, metrics = step(state, {'image': jnp.asarray(images[rows])}, KEY)
+    losses.append(metrics['loss'])
+  losses = [float(v) for v in jax.device_get(losses)]
+  return model, state.params, losses
+
+
+@pytest.fixture(scope='module')
+def trained(images):
+  """An MLP VAE and a ladder VAE after 300 steps on 1,744 binarized digits."""
+  train_x = images[:1744]
+  return {name: _train(name, train_x)[:2] for name in ('mlp_vae', 'ladder_vae')}
+
+
+@pytest.mark.parametrize('name', sorted(MODELS))
+def test_one_sample_is_the_single_sample_elbo(name, images):
+  x = jnp.asarray(images[:4])
+  model, variables = _init(name, x)
+  estimate = jax.jit(lambda x: likelihood.iwae_log_likelihood(
+      model, variables, x, KEY, num_samples=1))(x)
+  # By hand: example b draws its noise from fold_in(fold_in(key, b), 0), then
+  # log w = log p(x|z) + log p(z) - log q(z|x), each from the model's own pieces.
+
+  @jax.jit
+  def by_hand(x):
+    keys = [jax.random.fold_in(jax.random.fold_in(KEY, b), 0) for b in range(4)]
+    if name == 'ladder_vae':
+      per_layer = [jax.random.split(k, 3) for k in keys]
+      noise = tuple(jnp.stack([jax.random.normal(ks[i], (d,)) for ks in per_layer])
+                    for i, d in enumerate((12, 6, 3)))
+      stats = model.apply(variables, x, method=model.bottom_up)
+      log_px, log_pz, log_qz = model.apply(variables, stats, x, noise,
+                                           method=model.log_weight_terms)
+    else:
+      mean, log_var = model.apply(variables, x, method='encode')
+      eps = jnp.stack([jax.random.normal(k, mean.shape[1:]) for k in keys])
+      z = mean + jnp.exp(0.5 * log_var) * eps
+      logits = model.apply(variables, z, method='decode').reshape(4, -1)
+      t = x.reshape(4, -1)
+      log_px = -jnp.sum(jax.nn.softplus(logits) - t * logits, axis=1)
+      log_pz = -0.5 * jnp.sum(z**2 + math.log(2 * math.pi), axis=1)
+      log_qz = -0.5 * jnp.sum(eps**2 + math.log(2 * math.pi) + log_var, axis=1)
+    return log_px + log_pz - log_qz
+
+  np.testing.assert_allclose(estimate, by_hand(x), rtol=1e-5)
+
+
+# ConvVAE shares the one-layer code path with MLPVAE (`likelihood._gaussian_vae_fns`).
+@pytest.mark.parametrize('name', ['mlp_vae', 'ladder_vae'])
+def test_chunked_equals_unchunked(name, images):
+  x = jnp.asarray(images[:5])
+  model, variables = _init(name, x)
+  estimate = jax.jit(lambda x, chunk: likelihood.iwae_log_likelihood(
+      model, variables, x, KEY, num_samples=23, chunk_size=chunk), static_argnums=1)
+  np.testing.assert_allclose(estimate(x, 4), estimate(x, None), rtol=1e-5)
+
+
+def test_batch_size_does_not_change_an_estimate(images):
+  model, variables = _init('mlp_vae', jnp.asarray(images[:1]))
+  # Per-example keys: example n's estimate is the same in any batch.
+  small = likelihood.evaluate_log_likelihood(model, variables, images[:5], KEY, num_samples=7,
+                                             chunk_size=3, batch_size=2)
+  large = likelihood.evaluate_log_likelihood(model, variables, images[:5], KEY, num_samples=7,
+                                             batch_size=8)
+  np.testing.assert_allclose(small['log_likelihood'], large['log_likelihood'], rtol=1e-5)
+  assert small['log_likelihood'].shape == (5,)
+  assert small['nats'] >= small['elbo_nats']
+
+
+@pytest.mark.parametrize('name', ['mlp_vae', 'ladder_vae'])
+def test_iwae_bounds_the_elbo_for_every_k_and_grows_with_k(name, trained, images):
+  model, variables = trained[name]
+  x = jnp.asarray(images[1744:1872])
+  log_w = jax.jit(lambda x: likelihood.log_weight_terms(
+      model, variables, x, KEY, num_samples=1000, chunk_size=250).log_weights())(x)
+  ks = (1, 2, 5, 10, 50, 200, 1000)
+  # Per example, on the same samples, Jensen: L_k >= the k-sample ELBO estimate.
+  for k in ks:
+    gap = likelihood.log_mean_exp(log_w[:, :k]) - jnp.mean(log_w[:, :k], axis=1)
+    assert bool(jnp.all(gap >= -1e-4)), k
+  # The ELBO in expectation (the mean of all 1000 log weights) is below every L_k, k > 1,
+  # and the bound grows with k.
+  elbo = float(jnp.mean(log_w))
+  by_k = [float(jnp.mean(likelihood.log_mean_exp(log_w[:, :k]))) for k in ks]
+  assert abs(by_k[0] - elbo) < 3.0, (by_k[0], elbo)
+  assert all(b > elbo for b in by_k[1:]), (by_k, elbo)
+  assert all(a < b for a, b in zip(by_k, by_k[1:])), by_k
+  # The objective's ELBO (closed-form KL terms) agrees with the Monte Carlo one.
+  make = (objectives.make_ladder_vae_objective if name == 'ladder_vae'
+          else objectives.make_vae_objective)
+  objective = jax.jit(lambda k: make(model)(variables, {'image': x}, k)[1]['elbo'])
+  analytic = np.mean([float(objective(jax.random.key(s))) for s in range(20)])
+  assert abs(analytic - elbo) < 1.0, (analytic, elbo)
+
+
+@pytest.mark.slow
+def test_five_thousand_samples_run_chunked(trained, images):
+  model, variables = trained['ladder_vae']
+  x = jnp.asarray(images[1744:1746])
+  estimate = jax.jit(lambda x: likelihood.iwae_log_likelihood(
+      model, variables, x, KEY, num_samples=5000, chunk_size=500))(x)
+  first = jax.jit(lambda x: likelihood.iwae_log_likelihood(
+      model, variables, x, KEY, num_samples=500))(x)
+  assert bool(jnp.all(jnp.isfinite(estimate)))
+  # The first 500 of the 5000 samples are the 500-sample estimate's; 10x more samples
+  # move the estimate by little on a trained model.
+  assert bool(jnp.all(jnp.abs(estimate - first) < 2.0)), (estimate, first)
+
+
+def test_bits_per_dim_and_active_units_closed_form():
+  assert likelihood.bits_per_dim(-784 * math.log(2.0), 784) == pytest.approx(1.0)
+  assert likelihood.bits_per_dim(-100.0, 784) == pytest.approx(100 / (784 * math.log(2)))
+  means = np.stack([np.linspace(-1, 1, 50), np.full(50, 3.0), 0.05 * np.linspace(-1, 1, 50)], 1)
+  # Variances: 0.347, 0, 0.00087: only the first unit is active at 0.01.
+  assert likelihood.active_units(means) == 1
+  assert likelihood.active_units(means, threshold=1e-4) == 2
+
+
+def test_bad_inputs_name_the_problem(images):
+  model, variables = _init('mlp_vae', jnp.asarray(images[:1]))
+  with pytest.raises(ValueError, match='num_samples must be >= 1'):
+    likelihood.iwae_log_likelihood(model, variables, jnp.asarray(images[:2]), KEY, num_samples=0)
+  with pytest.raises(ValueError, match=r'must lie in \[0, 1\]'):
+    likelihood.evaluate_log_likelihood(model, variables, images[:2] * 2.0, KEY, num_samples=2)
+  autoencoder = models.MLPAutoencoder()
+  with pytest.raises(ValueError, match='MLPAutoencoder has no Gaussian posterior'):
+    likelihood.evaluate_log_likelihood(autoencoder, {}, images[:2], KEY, num_samples=2)
+  with pytest.raises(ValueError, match='Got 3 keys for a batch of 2'):
+    likelihood.iwae_log_likelihood(model, variables, jnp.asarray(images[:2]),
+                                   jax.random.split(KEY, 3), num_samples=2)
+  with pytest.raises(ValueError, match="num_samples=4 applies to objective='iwae' only"):
+    objectives.make_vae_objective(model, num_samples=4)
+  with pytest.raises(ValueError, match='no capacity schedule'):
+    objectives.make_vae_objective(model, objective='iwae', num_samples=4, capacity_max=5.0)
+
+
+def test_iwae_objective_is_the_negated_bound_and_its_loss_falls(images):
+  x = jnp.asarray(images[:16])
+  model, variables = _init('mlp_vae', x)
+  objective = objectives.make_vae_objective(model, objective='iwae', num_samples=5)
+  loss, metrics = objective(variables, {'image': x}, KEY)
+  bound = likelihood.iwae_log_likelihood(model, variables, x, KEY, num_samples=5)
+  np.testing.assert_allclose(float(loss), -float(jnp.mean(bound)), rtol=1e-5)
+  assert float(metrics['iwae']) >= float(metrics['elbo'])
+  # Warm-up: at step 0 the prior and posterior terms weigh 0, only log p(x|z) is left.
+  warm = objectives.make_vae_objective(model, objective='iwae', num_samples=5, warmup_steps=10)
+  terms = likelihood.log_weight_terms(model, variables, x, KEY, num_samples=5)
+  np.testing.assert_allclose(
+      float(warm(variables, {'image': x}, KEY, step=0)[0]),
+      -float(jnp.mean(likelihood.log_mean_exp(terms.log_px_z))), rtol=1e-5)
+  # Trained with IWAE (k = 5) on real digits, the loss falls.
+  _, _, losses = _train('mlp_vae', images[:1744], dict(objective='iwae', num_samples=5),
+                        steps=150)
+  assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5]), (losses[:5], losses[-20:])
+
+
+@pytest.mark.slow
+def test_likelihood_script_scores_a_runner_checkpoint(tmp_path):
+  config = ladder_config.get_config('smoke')
+  config.train.num_train_steps = 20
+  config.train.checkpoint_every_steps = 20
+  config.train.eval_every_steps = 20
+  runner.train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / 'figures' / 'kl_per_layer.png').stat().st_size > 1000
+  assert (tmp_path / 'figures' / 'samples.png').stat().st_size > 1000
+  summary = likelihood_script.run(config, str(tmp_path), num_samples=20, num_examples=12,
+                                  chunk_size=8, batch_size=5)
+  written = json.loads((tmp_path / 'likelihood_k20_n12.json').read_text())
+  assert written['num_examples'] == 12 and written['num_samples'] == 20
+  assert written['nll_nats'] == pytest.approx(-summary['log_likelihood_nats'])
+  assert written['nll_bits_per_dim'] == pytest.approx(
+      written['nll_nats'] / (784 * math.log(2)))
+  assert written['log_likelihood_nats'] >= written['elbo_nats']
+  assert written['units_per_layer'] == [8, 4, 2]
+  # The test set is binarized: the same seed gives the same images.
+  a = likelihood_script.test_images(config, num_examples=12)
+  np.testing.assert_array_equal(a, likelihood_script.test_images(config, num_examples=12))
+  assert set(np.unique(a)) <= {0.0, 1.0}
