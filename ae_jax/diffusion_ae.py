@@ -51,7 +51,9 @@ import tqdm
 from ae_jax import data as data_lib
 from ae_jax import objectives
 from ae_jax import plotting
+from ae_jax import runner
 from ae_jax import train
+from ae_jax.applications import denoising
 from ae_jax.applications import latent as latent_paths
 from ae_jax.models import diffusion
 
@@ -99,10 +101,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def psnr(reconstructions: np.ndarray, targets: np.ndarray) -> np.ndarray:
-  """Per-image PSNR in dB of [0, 1] images, reconstructions clipped to [0, 1]."""
-  err = np.clip(np.asarray(reconstructions, np.float64), 0.0, 1.0) - np.asarray(targets)
-  mse = np.mean(err ** 2, axis=tuple(range(1, err.ndim)))
-  return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
+  """Per-image PSNR in dB of [N, H, W, C] images in [0, 1], reconstructions
+  clipped to [0, 1] first (`applications.denoising.psnr`)."""
+  clipped = np.clip(np.asarray(reconstructions, np.float64), 0.0, 1.0)
+  return denoising.psnr(np.asarray(targets), clipped)
 
 
 # ----------------------------------------------------------------------------
@@ -233,15 +235,6 @@ def _latent_manager(workdir: str, encoder_step: int) -> ocp.CheckpointManager:
                                                                           create=True))
 
 
-def _drop_records_after(path: str, step: int) -> None:
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    kept = [line for line in f if json.loads(line)['step'] <= step]
-  with open(path, 'w') as f:
-    f.writelines(kept)
-
-
 def _latent_setup(latent, latent_dim: int):
   """The latent DDPM's objective, optimizer, fresh checkpoint item and train key."""
   denoiser = _latent_denoiser(latent)
@@ -292,7 +285,7 @@ def train_latent_prior(config, model: diffusion.DiffusionAutoencoder, variables,
   start = int(state.step)
   log_path = os.path.join(workdir, 'latent_metrics.jsonl')
   if write:
-    _drop_records_after(log_path, start)
+    runner.drop_records_after(log_path, start)
   step_fn = train.make_train_step(objective, tx)
   # Batches are a function of the step alone, so a resumed stage sees the same data.
   batch_fn = jax.jit(lambda step: {'z': z_n[jax.random.randint(

@@ -190,6 +190,18 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
         'The checkpoints written before this step are kept.')
 
 
+def drop_records_after(path: str, step: int) -> list[dict[str, Any]]:
+  """A resumed run repeats the steps after its checkpoint: forgets their records
+  in the JSON-lines file `path` and returns the records kept (none if no file)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    kept = [line for line in f if json.loads(line)['step'] <= step]
+  with open(path, 'w') as f:
+    f.writelines(kept)
+  return [json.loads(line) for line in kept]
+
+
 class _MetricWriter:
   """JSON lines plus TensorBoard events (tensorboardX: no TensorFlow needed)."""
 
@@ -197,18 +209,9 @@ class _MetricWriter:
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
     if enabled:
-      self._drop_records_after(start_step)
+      drop_records_after(self.path, start_step)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-
-  def _drop_records_after(self, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: forget their records."""
-    if not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      kept = [line for line in f if json.loads(line)['step'] <= step]
-    with open(self.path, 'w') as f:
-      f.writelines(kept)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:

@@ -47,7 +47,7 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   if model_workdir is None:
     runner.train_and_evaluate(config, workdir)
     model_workdir = workdir
-  model, variables = generation.restore_variables(config, model_workdir)
+  model, variables = common.restore_variables(config, model_workdir)
   tok = molecule_data.tokenizer_from_config(config.data)
   key = jax.random.key(config.train.seed + 1)
   os.makedirs(workdir, exist_ok=True)

@@ -129,7 +129,10 @@ def restore_variables(
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoints in {directory}: train the model first.')
-    x = jnp.zeros((1,) + image_shape(config), jnp.float32)
+    if isinstance(model, models.SequenceVAE):  # A row of token ids (ae_jax.molecules).
+      x = jnp.zeros((1, config.data.max_length), jnp.int32)
+    else:
+      x = jnp.zeros((1,) + image_shape(config), jnp.float32)
     variables = runner.init_variables(model, x, jax.random.key(0))
     params = {'params': variables['params']}
     model_state = {k: v for k, v in variables.items() if k != 'params'}

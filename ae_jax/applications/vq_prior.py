@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from ae_jax import runner
 from ae_jax import train
 from ae_jax.applications import common
 from ae_jax.data import pipeline
@@ -218,12 +219,8 @@ def train_prior(cfg: Mapping[str, Any], workdir: str, train_codes: np.ndarray,
         f.write(json.dumps(entry) + '\n')
       return entry
 
-    if os.path.exists(metrics_path):  # A resumed run repeats the steps after its checkpoint.
-      with open(metrics_path) as f:
-        kept = [line for line in f if json.loads(line)['step'] <= start]
-      with open(metrics_path, 'w') as f:
-        f.writelines(kept)
-      history = [json.loads(line) for line in kept if json.loads(line)['split'] == 'eval']
+    kept = runner.drop_records_after(metrics_path, start)
+    history = [entry for entry in kept if entry['split'] == 'eval']
     if start == 0:
       history.append(record(0, 'eval', evaluate_prior(prior, state.params, test_codes)))
     per_epoch = pipeline.steps_per_epoch(len(train_codes), cfg['batch_size'])

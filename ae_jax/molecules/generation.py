@@ -12,17 +12,13 @@ References:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from ae_jax import build
 from ae_jax import models
-from ae_jax import train
 from ae_jax.molecules import metrics as metrics_lib
 from ae_jax.molecules import tokenizer as tokenizer_lib
 
@@ -125,23 +121,3 @@ def interpolate(model: models.SequenceVAE, variables: Variables, smiles_a: str, 
   rows = decode_codes(model, variables, z, jax.random.key(0), tok=tok, greedy=True,
                       batch_size=num_steps)
   return tok.decode_smiles(rows)
-
-
-def restore_variables(config, workdir: str) -> tuple[models.SequenceVAE, Variables]:
-  """The run's `SequenceVAE` and its variables from the latest checkpoint in `workdir`."""
-  model = build.build_model(config.model)
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  manager = ocp.CheckpointManager(directory)
-  try:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'No checkpoints in {directory}: train the model first.')
-    tokens = jnp.zeros((1, config.data.max_length), jnp.int32)
-    variables = model.init(jax.random.key(0), tokens, jax.random.key(0))
-    state = train.create_train_state({'params': variables['params']},
-                                     build.build_optimizer(config.optim))
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(step, args=ocp.args.StandardRestore(target))
-  finally:
-    manager.close()
-  return model, dict(state.params)
