@@ -1,12 +1,7 @@
-"""The runner's figures for a ladder VAE run.
-
-  reconstructions.png   test inputs and the decoded posterior sample;
-  samples.png           ancestral samples z_L -> ... -> z_1 -> x of the prior;
-  kl_per_layer.png      KL(q ‖ p) per stochastic layer on the test batch (bars)
-                        and, from metrics.jsonl, each layer's eval KL over
-                        training (lines);
-  latent_map.png        the top layer's posterior means, coloured by label;
-  training_curves.png   every logged scalar against the step.
+"""The ladder VAE's own figure, kl_per_layer.png: KL(q ‖ p) per stochastic
+layer on the test batch (bars) and, from metrics.jsonl, each layer's eval KL
+over training (lines). `runner.write_figures` draws it beside the
+reconstructions, ancestral samples, top-layer latent map and curves.
 
 References:
   Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016, Fig. 4
@@ -24,7 +19,6 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from ae_jax import losses
-from ae_jax import plotting
 
 
 def layer_kl(model, variables, x: jax.Array, key: jax.Array) -> np.ndarray:
@@ -75,39 +69,3 @@ def save_layer_kl(kl_L: np.ndarray, latent_dims, metrics_path: str, path: str, *
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   return path
-
-
-def write_figures(config, model, state, workdir: str, key: jax.Array) -> list[str]:
-  """Writes the figures listed in the module docstring; returns their paths."""
-  from ae_jax import runner  # pylint: disable=g-import-not-at-top
-  n = config.train.num_figure_examples
-  batch = next(runner._data_iterator(  # pylint: disable=protected-access
-      config, config.data.eval_split, batch_size=max(config.data.eval_batch_size, n),
-      shuffle=False, drop_remainder=False, whole_batch=True))
-  variables = jax.device_get({**state.params, **state.model_state})
-  x = jnp.asarray(batch['image'])
-  recon_key, sample_key, kl_key = jax.random.split(key, 3)
-  name = config.variant
-  paths = []
-  out = model.apply(variables, x[:n], recon_key)
-  paths.append(plotting.save_reconstructions(
-      np.asarray(x[:n]), np.asarray(jax.nn.sigmoid(out.logits)),
-      plotting.figure_path(workdir, 'reconstructions.png'),
-      title=f'{name}: test inputs and reconstructions'))
-  logits, _ = model.apply(variables, sample_key, n, method=model.sample)
-  paths.append(plotting.save_image_grid(
-      np.asarray(jax.nn.sigmoid(logits)).reshape((n,) + x.shape[1:]),
-      plotting.figure_path(workdir, 'samples.png'),
-      title=f'{name}: ancestral samples from the prior'))
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  paths.append(save_layer_kl(
-      layer_kl(model, variables, x, kl_key), tuple(model.latent_dims), metrics_path,
-      plotting.figure_path(workdir, 'kl_per_layer.png'), title=f'{name}: KL(q ‖ p) per layer'))
-  top_means = model.apply(variables, x, method=model.posterior_means)[-1]
-  paths.append(plotting.save_latent_map(
-      np.asarray(top_means), batch.get('label'), plotting.figure_path(workdir, 'latent_map.png'),
-      title=f'{name}: top-layer posterior means'))
-  if os.path.exists(metrics_path):
-    paths.append(plotting.save_training_curves(
-        metrics_path, plotting.figure_path(workdir, 'training_curves.png')))
-  return paths

@@ -440,9 +440,6 @@ def write_figures(config, model, state, workdir: str, key: jax.Array) -> list[st
   if isinstance(model, models.DiffusionAutoencoder):
     from ae_jax import diffusion_ae  # pylint: disable=g-import-not-at-top
     return diffusion_ae.write_figures(config, model, state, workdir, key)
-  if isinstance(model, models.LadderVAE):
-    from ae_jax import ladder_figures  # pylint: disable=g-import-not-at-top
-    return ladder_figures.write_figures(config, model, state, workdir, key)
   n = config.train.num_figure_examples
   batch = next(_data_iterator(config, config.data.eval_split,
                               batch_size=max(config.data.eval_batch_size, n), shuffle=False,
@@ -461,6 +458,22 @@ def write_figures(config, model, state, workdir: str, key: jax.Array) -> list[st
     paths.append(plotting.save_image_grid(
         np.asarray(samples), plotting.figure_path(workdir, 'samples.png'),
         title=f'{config.variant}: samples from the prior'))
+  elif isinstance(model, models.LadderVAE):
+    # Decoded posterior samples, ancestral prior samples z_L -> ... -> z_1 -> x,
+    # top-layer posterior means as the codes, and the KL of each layer.
+    from ae_jax import ladder_figures  # pylint: disable=g-import-not-at-top
+    recon_key, sample_key, kl_key = jax.random.split(key, 3)
+    logits = model.apply(variables, x[:n], recon_key).logits
+    codes = model.apply(variables, x, method=model.posterior_means)[-1]
+    sample_logits, _ = model.apply(variables, sample_key, n, method=model.sample)
+    paths.append(plotting.save_image_grid(
+        np.asarray(jax.nn.sigmoid(sample_logits)).reshape((n,) + x.shape[1:]),
+        plotting.figure_path(workdir, 'samples.png'),
+        title=f'{config.variant}: ancestral samples from the prior'))
+    paths.append(ladder_figures.save_layer_kl(
+        ladder_figures.layer_kl(model, variables, x, kl_key), tuple(model.latent_dims),
+        os.path.join(workdir, 'metrics.jsonl'), plotting.figure_path(workdir, 'kl_per_layer.png'),
+        title=f'{config.variant}: KL(q ‖ p) per layer'))
   elif isinstance(model, models.VQVAE):
     out = model.apply(variables, x, train=False)
     codes, logits = out.z_e.reshape(len(x), -1), out.logits[:n]
