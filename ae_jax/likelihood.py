@@ -12,11 +12,21 @@ Theorem 1). `iwae_log_likelihood` returns L_K per example; with K = 5000 it is
 the usual test log-likelihood estimate, reported in nats and in bits per
 dimension, -L_K / (D ln 2) (`bits_per_dim`).
 
-Models: `models.MLPVAE` and `models.ConvVAE` (one layer, q(z|x) =
-N(μ(x), σ²(x)), p(z) = N(0, I)) and `models.LadderVAE` (log p(z) and
-log q(z|x) summed over its layers, see `LadderVAE.log_weight_terms`); the
-decoder is Bernoulli. The encoder (the ladder's bottom-up pass) runs once per
-example; only the sampling and decoding are repeated per sample.
+Models. A model is scored through three methods of its own (`supports`):
+
+  importance_context(x)    what the samples of x share, computed once per
+                           example (a VAE's posterior (μ, log σ²), a ladder's
+                           bottom-up pass), a pytree with leading axis B;
+  importance_noise(key)    the standard normal noise of one sample of one
+                           example (an `nn.nowrap` method: no variables);
+  log_weight_terms(context, x, noise)
+                           (log p(x | z), log p(z), log q(z | x)), each [B],
+                           at the z the noise gives.
+
+`models.MLPVAE` and `models.ConvVAE` (one layer, q(z|x) = N(μ(x), σ²(x)),
+p(z) = N(0, I)) and `models.LadderVAE` (log p(z) and log q(z|x) summed over
+its layers) have them; their decoders are Bernoulli. Only the sampling and
+decoding are repeated per sample.
 
 Memory. The K samples are evaluated `chunk_size` at a time under
 `jax.lax.map`, so memory grows with B × chunk_size decoder passes, not with
@@ -48,12 +58,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import losses
-from ae_jax import models
-
 Variables = Mapping[str, Any]
 
-_LOG_2PI = math.log(2.0 * math.pi)
+# The methods a model scores itself with; see the module docstring.
+_METHODS = ('importance_context', 'importance_noise', 'log_weight_terms')
 
 
 class LogWeightTerms(NamedTuple):
@@ -74,8 +82,17 @@ class LogWeightTerms(NamedTuple):
 
 
 def supports(model: nn.Module) -> bool:
-  """Whether `model` has the Gaussian posterior and Bernoulli decoder used here."""
-  return isinstance(model, (models.MLPVAE, models.ConvVAE, models.LadderVAE))
+  """Whether `model` has a Gaussian posterior q(z|x) it can be scored through
+  (the methods of the module docstring)."""
+  return all(callable(getattr(model, m, None)) for m in _METHODS)
+
+
+def _check_supported(model: nn.Module) -> None:
+  if not supports(model):
+    raise ValueError(
+        f'{type(model).__name__} has no Gaussian posterior q(z|x) to sample (no '
+        f'{"/".join(_METHODS)} methods); the importance-weighted likelihood needs e.g. an '
+        'MLPVAE, ConvVAE or LadderVAE.')
 
 
 def log_mean_exp(a: jax.Array, axis: int = -1) -> jax.Array:
@@ -90,51 +107,6 @@ def example_keys(key: jax.Array, batch_size: int) -> jax.Array:
       raise ValueError(f'Got {key.shape[0]} keys for a batch of {batch_size}.')
     return key
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch_size))
-
-
-def _gaussian_vae_fns(model, variables, x):
-  """(context, draw, terms) for a one-layer VAE: encode once, z = μ + σ ε."""
-  mean, log_var = model.apply(variables, x, method='encode')
-
-  def draw(key):
-    return jax.random.normal(key, mean.shape[1:], mean.dtype)
-
-  def terms(context, x_rep, eps):
-    mean_N, log_var_N = context
-    z = mean_N + jnp.exp(0.5 * log_var_N) * eps
-    logits = model.apply(variables, z, method='decode')
-    log_px_z = -losses.bernoulli_nll(logits.reshape(x_rep.shape), x_rep)
-    sum_z = lambda a: jnp.sum(a.reshape(a.shape[0], -1), axis=-1)
-    log_pz = -0.5 * sum_z(jnp.square(z) + _LOG_2PI)
-    log_qz = -0.5 * sum_z(jnp.square(eps) + _LOG_2PI + log_var_N)
-    return log_px_z, log_pz, log_qz
-
-  return (mean, log_var), draw, terms
-
-
-def _ladder_fns(model, variables, x):
-  """(context, draw, terms) for a ladder VAE: bottom-up once, top-down per sample."""
-  stats = model.apply(variables, x, method='bottom_up')
-  dims = tuple(m.shape[1] for m, _ in stats)
-
-  def draw(key):
-    keys = jax.random.split(key, len(dims))
-    return tuple(jax.random.normal(k, (z,)) for k, z in zip(keys, dims))
-
-  def terms(context, x_rep, noise):
-    return model.apply(variables, context, x_rep, noise, method='log_weight_terms')
-
-  return stats, draw, terms
-
-
-def _sampling_fns(model, variables, x):
-  if isinstance(model, (models.MLPVAE, models.ConvVAE)):
-    return _gaussian_vae_fns(model, variables, x)
-  if isinstance(model, models.LadderVAE):
-    return _ladder_fns(model, variables, x)
-  raise ValueError(
-      f'{type(model).__name__} has no Gaussian posterior q(z|x); the importance-weighted '
-      'likelihood needs an MLPVAE, ConvVAE or LadderVAE.')
 
 
 def log_weight_terms(
@@ -152,7 +124,7 @@ def log_weight_terms(
   serves the IWAE training objective.
 
   Args:
-    model: an `MLPVAE`, `ConvVAE` or `LadderVAE` with a Bernoulli decoder.
+    model: a model that `supports` accepts (`MLPVAE`, `ConvVAE`, `LadderVAE`).
     variables: its variables.
     x: a batch [B, ...] in [0, 1] (binary for a proper likelihood).
     key: one key (example b then uses fold_in(key, b)) or one key per
@@ -169,19 +141,21 @@ def log_weight_terms(
   chunk_size = num_samples if chunk_size is None else min(chunk_size, num_samples)
   if chunk_size < 1:
     raise ValueError(f'chunk_size must be >= 1, got {chunk_size}.')
+  _check_supported(model)
   batch = x.shape[0]
   keys_B = example_keys(key, batch)
-  context, draw, terms = _sampling_fns(model, variables, x)
+  context = model.apply(variables, x, method='importance_context')
 
   def chunk(indices_C):
     num = indices_C.shape[0]
     # Sample i of example b comes from fold_in(key_b, i): the same whatever the chunking.
-    noise = jax.vmap(lambda k_b: jax.vmap(lambda i: draw(jax.random.fold_in(k_b, i)))(
-        indices_C))(keys_B)
+    noise = jax.vmap(lambda k_b: jax.vmap(
+        lambda i: model.importance_noise(jax.random.fold_in(k_b, i)))(indices_C))(keys_B)
     flat = lambda a: a.reshape((batch * num,) + a.shape[2:])
     context_rep = jax.tree.map(lambda a: jnp.repeat(a, num, axis=0), context)
     x_rep = jnp.repeat(x, num, axis=0)
-    parts = terms(context_rep, x_rep, jax.tree.map(flat, noise))
+    parts = model.apply(variables, context_rep, x_rep, jax.tree.map(flat, noise),
+                        method='log_weight_terms')
     return tuple(p.reshape(batch, num) for p in parts)
 
   num_chunks = -(-num_samples // chunk_size)
@@ -246,9 +220,7 @@ def evaluate_log_likelihood(
     examples of the K log weights' mean (a K-sample ELBO estimate from the
     same samples), 'num_samples': K, 'num_examples': N, 'num_dims': D}.
   """
-  if not supports(model):
-    raise ValueError(f'{type(model).__name__} has no Gaussian posterior q(z|x); the '
-                     'likelihood needs an MLPVAE, ConvVAE or LadderVAE.')
+  _check_supported(model)
   images = np.asarray(images)
   if images.ndim < 2 or len(images) == 0:
     raise ValueError(f'Expected images [N, ...] with N > 0, got shape {images.shape}.')

@@ -374,15 +374,19 @@ def make_diffusion_ae_objective(model: nn.Module) -> Objective:
   [0, 1] units) of the one-step estimate x̂_0 of the clean image, clipped to
   the data range.
 
-  The model must be a `models.DiffusionAutoencoder`.
+  The model must be a diffusion autoencoder (`models.DiffusionAutoencoder`):
+  `model(x, x_t, t)` returning `.eps`, with `num_timesteps` and `schedule`
+  attributes and `encode`/`denoise` methods.
 
   References:
     Preechakul et al. 2022, "Diffusion Autoencoders", eq. 8; Ho et al. 2020,
     "Denoising diffusion probabilistic models", eq. 14.
   """
-  if not isinstance(model, diffusion.DiffusionAutoencoder):
-    raise ValueError(
-        f'The diffusion_ae objective needs a DiffusionAutoencoder, got {type(model).__name__}.')
+  missing = [name for name in ('num_timesteps', 'schedule', 'encode', 'denoise')
+             if not hasattr(model, name)]
+  if missing:
+    raise ValueError(f'The diffusion_ae objective needs a diffusion autoencoder such as '
+                     f'models.DiffusionAutoencoder; {type(model).__name__} lacks {missing}.')
   alpha_bars_T = diffusion.alpha_bars(diffusion.beta_schedule(model.schedule, model.num_timesteps))
 
   def objective(params, batch: Batch, key: jax.Array, *, step=0):
@@ -523,7 +527,8 @@ def make_iwae_objective(
     Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
   """
   if not likelihood.supports(model):
-    raise ValueError(f'The IWAE objective needs an MLPVAE, ConvVAE or LadderVAE, got '
+    raise ValueError(f'The IWAE objective needs a model with a Gaussian posterior that '
+                     f'ae_jax.likelihood can sample (an MLPVAE, ConvVAE or LadderVAE), got '
                      f'{type(model).__name__}.')
   if num_samples < 1:
     raise ValueError(f'num_samples must be >= 1, got {num_samples}.')
@@ -597,9 +602,13 @@ def make_ladder_vae_objective(
     autoregressive flow", App. C.8 (free bits); Burda et al. 2016, Sec. 5.2
     (active units).
   """
-  from ae_jax.models import ladder  # pylint: disable=g-import-not-at-top
-  if not isinstance(model, ladder.LadderVAE):
-    raise ValueError(f'The ladder_vae objective needs a LadderVAE, got {type(model).__name__}.')
+  # What the loss reads: the per-layer posterior and prior of `model(x, key)`
+  # (a `models.LadderOutput`) and the posterior-mean path.
+  missing = [name for name in ('bottom_up', 'top_down', 'posterior_means')
+             if not hasattr(model, name)]
+  if missing:
+    raise ValueError(f'The ladder_vae objective needs a ladder VAE such as models.LadderVAE; '
+                     f'{type(model).__name__} lacks {missing}.')
   if _use_iwae(objective, num_samples, reconstruction=reconstruction, free_bits=free_bits):
     return make_iwae_objective(model, num_samples=num_samples, beta=beta,
                                warmup_steps=warmup_steps)

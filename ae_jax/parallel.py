@@ -170,6 +170,22 @@ def make_pmap_train_step(
   step = train.train_step_fn(
       objective, tx, axis_name=axis_name, sync_model_state=sync_model_state
   )
+  return pmap_train_step(step, axis_name, donate=donate)
+
+
+def pmap_train_step(step: train.StepFn, axis_name: str = 'batch', *,
+                    donate: bool = True) -> train.StepFn:
+  """Maps a pure step over local devices with ``jax.pmap``.
+
+  Unlike `shard_train_step`, pmap runs one program per replica, so the step
+  itself must average its gradients and metrics over ``axis_name`` (build it
+  with ``axis_name=``, as `train.train_step_fn` and
+  `ae_jax.recipes.aae.train_step_fn` take).
+
+  Returns:
+    ``step(state_L, batch_L, key) -> (state_L, metrics_L)`` (see
+    `make_pmap_train_step`).
+  """
   return jax.pmap(
       step,
       axis_name=axis_name,
@@ -289,6 +305,40 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
   return jax.tree.map(put, batch)
 
 
+def shard_train_step(step: train.StepFn, mesh: Mesh, *, donate: bool = True) -> train.StepFn:
+  """Jits any pure ``step(state, batch, key) -> (state, metrics)`` data-parallel over ``mesh``.
+
+  The state and key are replicated, the batch is split along the mesh
+  (`shard_batch`), and XLA inserts the gradient all-reduce: the program is the
+  single-device program on global arrays, so it draws the same noise and
+  computes the same batch statistics. Works for any step of the contract in
+  `ae_jax.recipes.base`, multi-optimizer ones (the AAE) included.
+
+  Args:
+    step: the pure step.
+    mesh: mesh from `make_mesh`.
+    donate: donate the input state's buffers.
+
+  Returns:
+    The jitted step; outputs replicated.
+  """
+  replicated, data = replicated_sharding(mesh), batch_sharding(mesh)
+  return jax.jit(
+      step,
+      in_shardings=(replicated, data, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,) if donate else (),
+  )
+
+
+def shard_eval_step(eval_step: train.EvalFn, mesh: Mesh) -> train.EvalFn:
+  """Jits any pure ``eval_step(state, batch, key) -> metrics`` with the shardings of
+  `shard_train_step`."""
+  replicated, data = replicated_sharding(mesh), batch_sharding(mesh)
+  return jax.jit(eval_step, in_shardings=(replicated, data, replicated),
+                 out_shardings=replicated)
+
+
 def make_sharded_train_step(
     objective: train.Objective,
     tx: optax.GradientTransformation,
@@ -296,32 +346,10 @@ def make_sharded_train_step(
     *,
     donate: bool = True,
 ) -> train.StepFn:
-  """Jits `train.train_step_fn` with a data-parallel sharding over ``mesh``.
-
-  Args:
-    objective: stateless or stateful objective.
-    tx: optimizer.
-    mesh: mesh from `make_mesh`.
-    donate: donate the input state's buffers.
-
-  Returns:
-    ``step(state, batch, key) -> (state, metrics)``: state and key replicated,
-    batch from `shard_batch`; outputs replicated.
-  """
-  replicated, data = replicated_sharding(mesh), batch_sharding(mesh)
-  return jax.jit(
-      train.train_step_fn(objective, tx),
-      in_shardings=(replicated, data, replicated),
-      out_shardings=(replicated, replicated),
-      donate_argnums=(0,) if donate else (),
-  )
+  """`shard_train_step` of `train.train_step_fn(objective, tx)`."""
+  return shard_train_step(train.train_step_fn(objective, tx), mesh, donate=donate)
 
 
 def make_sharded_eval_step(objective: train.Objective, mesh: Mesh) -> train.EvalFn:
-  """Jitted `train.eval_step_fn` with the shardings of `make_sharded_train_step`."""
-  replicated, data = replicated_sharding(mesh), batch_sharding(mesh)
-  return jax.jit(
-      train.eval_step_fn(objective),
-      in_shardings=(replicated, data, replicated),
-      out_shardings=replicated,
-  )
+  """`shard_eval_step` of `train.eval_step_fn(objective)`."""
+  return shard_eval_step(train.eval_step_fn(objective), mesh)

@@ -7,8 +7,9 @@
       --model_workdir=runs/anomaly --workdir=runs/anomaly_rescored
 
 For each class c in `config.anomaly.classes`: the train images of c, less a
-held-out `validation_fraction`, train the config's model with the runner in
---workdir/class_<c> (resuming, or only evaluating, if a checkpoint is already
+held-out `validation_fraction`, train the config's model with
+`ae_jax.training` in --workdir/class_<c> (checkpoints and metrics in
+class_<c>/model/; resuming, or only restoring, if a checkpoint is already
 there; with --model_workdir the models of --model_workdir/class_<c> are
 restored instead). The whole test split is then scored, class c normal and
 the others anomalous; the threshold is the `quantile` of the held-out normal
@@ -22,8 +23,8 @@ scores. Writes into --workdir:
   figures/anomaly_roc.png      ROC curves of every class for the figure score;
   figures/anomaly_hist_<c>.png score histograms of the first class.
 
-The runner's 'eval' records in class_<c>/metrics.jsonl are on that class's
-training images: the runner evaluates on the data it is given.
+The 'eval' records in class_<c>/model/metrics.jsonl are on that class's
+training images: the recipe evaluates on the data source it is given.
 """
 
 import os
@@ -34,23 +35,24 @@ import ml_collections
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ae_jax import app_plots
 from ae_jax import data as data_lib
 from ae_jax import plotting
+from ae_jax import training
 from ae_jax.applications import anomaly
 from ae_jax.applications import common
+from ae_jax.recipes import common as recipe_common
 from experiments import cli
 
 
 def class_config(config: ml_collections.ConfigDict, train_images: np.ndarray,
                  normal_class: int) -> ml_collections.ConfigDict:
   """The training config of one class: `data.name` becomes an in-memory source of
-  its images (the runner accepts any source where a dataset name goes)."""
+  its images (the recipes' data functions take any source where a dataset name goes)."""
   fields = config.to_dict()
   fields['data']['name'] = data_lib.ArraySource.create(
       train_images, np.full(len(train_images), normal_class, np.int32),
       name=f'{config.data.name}:class{normal_class}')
-  # A smaller class than a batch would stop the runner; shrink the batch to fit.
+  # A class smaller than a batch would give no full batch; shrink the batch to fit.
   fields['data']['batch_size'] = min(fields['data']['batch_size'], len(train_images))
   return ml_collections.ConfigDict(fields)
 
@@ -75,7 +77,7 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
     normal_train, normal_val = anomaly.one_class_split(
         train_x, train_y, c, validation_fraction=cfg.validation_fraction, seed=cfg.seed)
     run_config = class_config(config, normal_train, c)
-    model, variables = common.train_or_restore(
+    model, variables = training.train_or_restore(
         run_config, os.path.join(workdir, f'class_{c}'),
         model_workdir=None if model_workdir is None else os.path.join(model_workdir, f'class_{c}'))
     # The likelihood scores assume the Bernoulli decoder the model was trained with.
@@ -108,7 +110,7 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
 
   means = anomaly.mean_over_classes(per_class)
   metrics = {
-      'dataset': config.data.name, 'model': f'{config.variant} ({config.model.name})',
+      'dataset': config.data.name, 'model': recipe_common.title(config),
       'protocol': 'one-class (Ruff et al. 2018): train on one class, test split with that class '
                   'normal and the rest anomalous',
       'num_train_steps': config.train.num_train_steps, 'quantile': cfg.quantile,
@@ -122,22 +124,22 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
 
   figure_score = cfg.figure_score or list(per_class[cfg.classes[0]])[0]
   figures = [
-      app_plots.save_ranked_images(
+      plotting.save_ranked_images(
           np.stack([r[0] for r in ranked]), np.stack([r[1] for r in ranked]),
           plotting.figure_path(workdir, 'anomaly_ranked.png'),
           row_labels=[f'normal: {c}' for c in cfg.classes],
           title=f'{config.data.name} test images ranked by {figure_score}'),
-      app_plots.save_roc_curves(
+      plotting.save_roc_curves(
           roc_curves, plotting.figure_path(workdir, 'anomaly_roc.png'),
           title=f'ROC by normal class, {figure_score}'),
   ]
   c, name, scores, is_anomaly, threshold = hist
-  figures.append(app_plots.save_score_histograms(
+  figures.append(plotting.save_score_histograms(
       scores[~is_anomaly], scores[is_anomaly],
       plotting.figure_path(workdir, f'anomaly_hist_{c}.png'), threshold=threshold,
       xlabel=name, title=f'class {c} normal: test scores and the {cfg.quantile} threshold'))
 
-  print(f'\n{config.data.name}, one-class ROC-AUC ({config.variant}, '
+  print(f'\n{config.data.name}, one-class ROC-AUC ({recipe_common.title(config)}, '
         f'{config.train.num_train_steps} steps per class, {time.time() - start:.0f} s):')
   print(anomaly.format_table(per_class, metric='roc_auc'))
   print(f'\nPR-AUC (average precision; anomalies are the positives, chance = '

@@ -1,10 +1,12 @@
-"""Train-step throughput of every variant, against the machine's matmul peak.
+"""Train-step throughput of every training config, against the machine's matmul peak.
 
-  python -m experiments.bench                      # every variant, batch 128 and 1024
+  python -m experiments.bench                      # every config, batch 128 and 1024
   python -m experiments.bench --only=vae,contractive --batches=128
 
-Prints one JSON object per line:
-  name, batch, step_ms, samples_per_s;
+Each config's train step is the one `ae_jax.training.fit` runs: the pure
+`train_step` of its recipe's first stage (`ae_jax.recipes`), jitted, on a
+batch of the config's training data. Prints one JSON object per line:
+  name (the config), batch, step_ms, samples_per_s;
   gflops: the compiled step's floating-point operations as XLA's cost analysis
     counts them, divided by the measured step time;
   peak_gflops: the best fp32 matmul rate XLA reaches on this machine, measured
@@ -22,16 +24,16 @@ reports the matmul peak itself. Run it on an otherwise idle machine.
 import argparse
 import importlib
 import json
+import pkgutil
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from ae_jax import build
-from ae_jax import objectives
-from ae_jax import runner
-from ae_jax import train
+from ae_jax import training
+import experiments.configs
 
 CONTRACTIVE_MODES = ('jacfwd', 'jacrev', 'auto', 'dense_first', 'estimate')
 
@@ -60,15 +62,23 @@ def matmul_peak_gflops() -> float:
   return best
 
 
-def _time_step(model, objective, tx, batch_size: int, image_shape=(28, 28, 1)):
-  """(seconds per step, flops per step) of the jitted train step."""
+def config_names() -> list[str]:
+  """The training configs in experiments/configs/ (not the shared pieces, not apps/)."""
+  return sorted(m.name for m in pkgutil.iter_modules(experiments.configs.__path__)
+                if not m.ispkg and m.name != 'common')
+
+
+def _time_step(config: ml_collections.ConfigDict, batch_size: int):
+  """(seconds per step, flops per step) of the jitted train step of `config`'s first stage."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.batch_size = batch_size
+  recipe = training.validate(config)
+  stage = recipe.make_stage(config, recipe.stages(config)[0], {})
   key = jax.random.key(0)
-  images = jax.random.uniform(key, (batch_size,) + image_shape, jnp.float32)
-  batch = {'image': images}
-  params, model_state = runner._split_variables(runner.init_variables(model, images[:1], key))  # pylint: disable=protected-access
-  state = train.create_train_state(params, tx, model_state)
-  step_fn = train.make_train_step(objective, tx, donate=False)
-  compiled = step_fn.lower(state, batch, key).compile()
+  state = jax.jit(stage.init)(key)
+  batch = jax.tree.map(jnp.asarray, next(stage.train_data(0)))
+  # No donation: the same state is stepped again and again.
+  compiled = jax.jit(stage.train_step).lower(state, batch, key).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.0))
@@ -122,41 +132,39 @@ def _row(name, batch, seconds, flops, peak, **extra):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--only', default='', help='Comma-separated variants (default: all).')
+  parser.add_argument('--only', default='',
+                      help='Comma-separated config names (default: every training config).')
   parser.add_argument('--batches', default='128,1024', help='Comma-separated batch sizes.')
   args = parser.parse_args()
-  variants = args.only.split(',') if args.only else list(build.VARIANTS)
+  names = args.only.split(',') if args.only else config_names()
   batches = [int(b) for b in args.batches.split(',')]
 
   peak = matmul_peak_gflops()
   print(json.dumps({'name': 'matmul_peak', 'peak_gflops': round(peak, 2),
                     'backend': jax.default_backend(), 'devices': jax.device_count()}), flush=True)
-  for variant in variants:
-    config = importlib.import_module(f'experiments.configs.{variant}').get_config()
-    model = build.build_model(config.model)
-    tx = build.build_optimizer(config.optim)
+  for name in names:
+    config = importlib.import_module(f'experiments.configs.{name}').get_config()
     for batch_size in batches:
-      if variant != 'contractive':
-        objective = build.build_objective(variant, model, config.loss)
-        seconds, flops = _time_step(model, objective, tx, batch_size)
-        print(json.dumps(_row(variant, batch_size, seconds, flops, peak)), flush=True)
-        if variant == 'vae':
+      if config.loss.get('objective') != 'contractive':
+        seconds, flops = _time_step(config, batch_size)
+        print(json.dumps(_row(name, batch_size, seconds, flops, peak)), flush=True)
+        if name == 'vae':
           bound_seconds, bound_flops = _mlp_vae_matmul_bound(batch_size)
           print(json.dumps(_row('vae_matmuls_only', batch_size, bound_seconds, bound_flops, peak,
                                 relative_to_vae_step=round(bound_seconds / seconds, 3))),
                 flush=True)
         continue
       # The contractive step against the plain AE step with the same model.
-      plain = objectives.make_autoencoder_objective(
-          model, reconstruction=config.loss.reconstruction)
-      plain_seconds, plain_flops = _time_step(model, plain, tx, batch_size)
-      print(json.dumps(_row('plain_ae_for_contractive', batch_size, plain_seconds, plain_flops,
+      plain = ml_collections.ConfigDict(config.to_dict())
+      plain.loss = dict(reconstruction=config.loss.reconstruction)
+      plain_seconds, plain_flops = _time_step(plain, batch_size)
+      print(json.dumps(_row(f'plain_ae_for_{name}', batch_size, plain_seconds, plain_flops,
                             peak, relative_to_plain_ae=1.0)), flush=True)
       for mode in CONTRACTIVE_MODES:
-        loss_config = dict(config.loss.to_dict(), mode=mode)
-        objective = build.build_objective(variant, model, loss_config)
-        seconds, flops = _time_step(model, objective, tx, batch_size)
-        print(json.dumps(_row(f'contractive_{mode}', batch_size, seconds, flops, peak,
+        with_mode = ml_collections.ConfigDict(config.to_dict())
+        with_mode.loss.mode = mode
+        seconds, flops = _time_step(with_mode, batch_size)
+        print(json.dumps(_row(f'{name}_{mode}', batch_size, seconds, flops, peak,
                               relative_to_plain_ae=round(seconds / plain_seconds, 3))),
               flush=True)
 

@@ -6,15 +6,25 @@ Each script defines `run(config, workdir[, model_workdir])` and ends with
     cli.run_app(run, config_help='...', model_workdir_help='...')
 
 The flags are defined only when a script runs, so tests can import several
-scripts into one process without absl's duplicate-flag error.
+scripts into one process without absl's duplicate-flag error. A script that
+trains does so through `ae_jax.training`; on SIGTERM it saves a checkpoint
+and exits with status 75, like `python -m experiments.main`, and the same
+command resumes.
 """
 
+import sys
 from collections.abc import Callable
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
+
+from ae_jax import training
+
+# sysexits.h EX_TEMPFAIL, as experiments/main.py: stopped cleanly, run it again.
+EXIT_PREEMPTED = 75
 
 
 def run_app(run: Callable[..., object], *, config_help: str,
@@ -34,6 +44,11 @@ def run_app(run: Callable[..., object], *, config_help: str,
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
     extra = () if model_workdir is None else (model_workdir.value,)
-    run(config.value, workdir.value, *extra)
+    try:
+      run(config.value, workdir.value, *extra)
+    except training.Preempted as preempted:
+      if jax.process_index() == 0:
+        print(preempted, flush=True)
+      sys.exit(EXIT_PREEMPTED)
 
   app.run(main)

@@ -3,17 +3,22 @@
   python -m experiments.denoise --config=experiments/configs/apps/denoise.py --workdir=runs/denoise
   python -m experiments.denoise --config=experiments/configs/apps/denoise.py:smoke --workdir=/tmp/denoise
 
-Trains `ae_jax.applications.denoising.UNetDenoiser` on the train split of
-`config.data.name` with Gaussian noise sigma ~ U[loss.sigma_min,
-loss.sigma_max] drawn per image, then, for each sigma in `denoise.sigmas`,
-adds noise of that sigma to `num_test` held-out images (the eval split) and
-compares the noisy input, the DAE and scikit-image's TV, wavelet and NL-means
-denoisers, each tuned per sigma on `num_val` train-split images (the DAE
-trains on that split too; the test images stay unseen by every method). With
-`denoise.photos`, a second DAE is trained on random grayscale patches of the
-`photo_train` pictures of `skimage.data` and everything is repeated on the
-grid patches of the `photo_test` pictures. Writes into --workdir:
+Trains the `denoiser` recipe (`ae_jax.models.UNetDenoiser`, Gaussian noise
+sigma ~ U[loss.sigma_min, loss.sigma_max] drawn per image) on the train split
+of `config.data.name` with `ae_jax.training.train_and_evaluate`, then, for
+each sigma in `denoise.sigmas`, adds noise of that sigma to `num_test`
+held-out images (the eval split) and compares the noisy input, the DAE and
+scikit-image's TV, wavelet and NL-means denoisers, each tuned per sigma on
+`num_val` train-split images (the DAE trains on that split too; the test
+images stay unseen by every method). With `denoise.photos`, a second DAE is
+trained on the random grayscale patches of `data.photos.train` pictures
+(`data.name = 'photos'`, `denoise.photo_num_train_steps` steps) and
+everything is repeated on the grid patches of the `data.photos.test`
+pictures. Writes into --workdir:
 
+  <data>/model/                  each DAE's checkpoints, metrics.jsonl and
+                                 TensorBoard events (`ae_jax.training.fit`);
+                                 <data>/figures/ its training figures;
   denoise.json                   the table: per data set and sigma, mean PSNR
                                  (dB) and SSIM of every method, the tuned
                                  classical parameters, the DAE's margin over
@@ -21,9 +26,12 @@ grid patches of the `photo_test` pictures. Writes into --workdir:
   figures/denoise_<data>.png     per sigma, rows noisy / DAE / best classical
                                  / clean for a few test images.
 
-Nothing is checkpointed: the run takes minutes.
+Run again with the same --workdir, a DAE resumes from its last checkpoint (a
+finished one is restored, not retrained); on SIGTERM the DAE in training saves
+a checkpoint and the script exits with status 75.
 """
 
+import copy
 import os
 import time
 
@@ -31,12 +39,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from ae_jax import app_plots
-from ae_jax import build
-from ae_jax import data as data_lib
 from ae_jax import plotting
+from ae_jax import training
 from ae_jax.applications import common
 from ae_jax.applications import denoising
+from ae_jax.recipes import denoiser
 from experiments import cli
 
 
@@ -51,68 +58,82 @@ def save_strips(examples: dict, path: str, *, title: str) -> str:
       labels.append(f'{label} {ex["psnr"][name].mean():.1f} dB')
     rows.append(ex['clean'])
     labels.append('clean')
-  return app_plots.save_image_rows(rows, path, row_labels=labels, title=title)
+  return plotting.save_image_rows(rows, path, row_labels=labels, title=title)
 
 
-def run_one(name: str, config, train_images, val_images, test_images, *, num_steps: int,
-            key, workdir: str) -> dict:
-  """Trains a DAE on `train_images`, benchmarks it, saves the figure; returns the table."""
+def photo_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` on the photo patches for `denoise.photo_num_train_steps` steps (the
+  cosine schedule follows: its decay_steps refers to num_train_steps)."""
+  photos = copy.deepcopy(config)
+  photos.data.name = denoiser.PHOTOS
+  photos.train.num_train_steps = config.denoise.photo_num_train_steps
+  return photos
+
+
+def subsample(images: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+  """`num` of `images` drawn without replacement, in their order (all for num=0)."""
+  if not num:
+    return np.asarray(images)
+  return np.asarray(images[np.sort(rng.permutation(len(images))[:num])])
+
+
+def run_one(name: str, config, val_images, test_images, *, num_train: int, key,
+            workdir: str) -> dict:
+  """Trains (or restores) the DAE of `config` in workdir/<name>/, benchmarks it, saves
+  the figure; returns the table."""
   cfg = config.denoise
-  print(f'\n=== {name}: train {len(train_images)} images {train_images.shape[1:]}, '
-        f'{num_steps} steps; test {len(test_images)}, validation {len(val_images)} ===',
-        flush=True)
-  model = denoising.UNetDenoiser(features=config.model.features, levels=config.model.levels)
-  optim = config.optim.to_dict()
-  optim['decay_steps'] = num_steps
+  run_dir = os.path.join(workdir, name)
+  print(f'\n=== {name}: train {config.data.name} ({config.data.train_split}), '
+        f'{config.train.num_train_steps} steps into {run_dir}; test {len(test_images)}, '
+        f'validation {len(val_images)} ===', flush=True)
   start = time.time()
-  variables, history = denoising.train_denoiser(
-      model, train_images, jax.random.fold_in(key, 0), num_steps=num_steps,
-      batch_size=config.data.batch_size, sigma_min=config.loss.sigma_min,
-      sigma_max=config.loss.sigma_max, tx=build.build_optimizer(optim),
-      reconstruction=config.loss.reconstruction,
-      log_every_steps=config.train.log_every_steps)
+  final_metrics = training.train_and_evaluate(config, run_dir)
+  model, variables = training.restore_variables(config, run_dir)
   train_seconds = time.time() - start
   start = time.time()
   table, examples = denoising.benchmark(
-      model, variables, test_images, val_images, jax.random.fold_in(key, 1),
-      sigmas=cfg.sigmas, num_examples=cfg.num_examples)
+      model, variables, test_images, val_images, key, sigmas=cfg.sigmas,
+      num_examples=cfg.num_examples)
   for sigma, ex in examples.items():
     ex['best_name'] = table[str(sigma)]['best_classical']
     ex['psnr'] = {m: denoising.psnr(ex['clean'], ex[m]) for m in denoising.METHODS}
   figure = save_strips(examples, plotting.figure_path(workdir, f'denoise_{name}.png'),
                        title=f'{name}: noisy / DAE / best classical / clean')
-  return {'table': table, 'train_history': history, 'train_seconds': train_seconds,
-          'benchmark_seconds': time.time() - start, 'num_train': len(train_images),
-          'num_test': len(test_images), 'num_val': len(val_images),
-          'num_train_steps': num_steps, 'figure': figure}
+  return {'table': table, 'final_metrics': final_metrics,
+          'metrics_jsonl': os.path.join(run_dir, 'model', 'metrics.jsonl'),
+          'train_seconds': train_seconds, 'benchmark_seconds': time.time() - start,
+          'num_train': num_train, 'num_test': len(test_images), 'num_val': len(val_images),
+          'num_train_steps': config.train.num_train_steps, 'figure': figure}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the benchmark(s); returns the metrics written to denoise.json."""
+  """Runs the benchmark(s); returns the metrics written to denoise.json.
+
+  Raises:
+    ae_jax.training.Preempted: a SIGTERM stopped a DAE's training (after a checkpoint).
+  """
   cfg = config.denoise
   key = jax.random.key(cfg.seed)
   start = time.time()
-  data_dir = config.data.get('data_dir')
-  train_x, _ = data_lib.load_arrays(config.data.name, config.data.train_split, data_dir=data_dir)
-  test_x, _ = data_lib.load_arrays(config.data.name, config.data.eval_split, data_dir=data_dir)
   rng = np.random.default_rng(cfg.seed)
-  test_x = test_x[np.sort(rng.permutation(len(test_x))[:cfg.num_test])]
+  test_x = subsample(denoiser.images(config, config.data.eval_split), cfg.num_test, rng)
+  train_x = denoiser.images(config, config.data.train_split)
   # Validation images come from the train split: they tune the classical denoisers only.
-  val_x = train_x[np.sort(rng.permutation(len(train_x))[:cfg.num_val])]
-  results = {config.data.name: run_one(
-      config.data.name, config, train_x, val_x, test_x,
-      num_steps=config.train.num_train_steps, key=jax.random.fold_in(key, 0), workdir=workdir)}
+  val_x = subsample(train_x, cfg.num_val, rng)
+  results = {config.data.name: run_one(config.data.name, config, val_x, test_x,
+                                       num_train=len(train_x), key=jax.random.fold_in(key, 0),
+                                       workdir=workdir)}
   if cfg.photos:
-    photo_train = denoising.photo_patches(cfg.photo_train, patch_size=cfg.patch_size,
-                                          num=cfg.num_photo_train, seed=cfg.seed)
-    photo_val = denoising.photo_patches(cfg.photo_train, patch_size=cfg.patch_size,
+    photos = photo_config(config)
+    photo_val = denoising.photo_patches(photos.data.photos.train,
+                                        patch_size=photos.data.photos.patch_size,
                                         num=cfg.num_photo_val, seed=cfg.seed + 1)
-    photo_test = denoising.photo_patches(cfg.photo_test, patch_size=cfg.patch_size)
-    if cfg.num_photo_test:
-      photo_test = photo_test[np.sort(rng.permutation(len(photo_test))[:cfg.num_photo_test])]
-    results['photos'] = run_one(
-        'photos', config, photo_train, photo_val, photo_test,
-        num_steps=cfg.photo_num_train_steps, key=jax.random.fold_in(key, 1), workdir=workdir)
+    photo_test = subsample(denoiser.images(photos, photos.data.eval_split), cfg.num_photo_test,
+                           rng)
+    results[denoiser.PHOTOS] = run_one(
+        denoiser.PHOTOS, photos, photo_val, photo_test,
+        num_train=len(denoiser.images(photos, photos.data.train_split)),
+        key=jax.random.fold_in(key, 1), workdir=workdir)
   metrics = {
       'protocol': 'noisy = clip(x + sigma * eps, 0, 1), the same noisy images for every '
                   'method; PSNR (dB) and SSIM: skimage.metrics, data range 1, mean over '
@@ -120,7 +141,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   'images (best mean PSNR), wavelet and NL means given the true sigma',
       'model': config.model.to_dict(), 'loss': config.loss.to_dict(),
       'grids': denoising.DEFAULT_GRIDS, 'sigmas': list(cfg.sigmas),
-      'photo_train': list(cfg.photo_train), 'photo_test': list(cfg.photo_test),
+      'photo_train': list(config.data.photos.train),
+      'photo_test': list(config.data.photos.test),
       'results': results, 'seconds': time.time() - start,
   }
   json_path = common.write_json(os.path.join(workdir, 'denoise.json'), metrics)

@@ -5,9 +5,12 @@
   python -m experiments.dimred --config=experiments/configs/apps/dimred.py \
       --model_workdir=runs/undercomplete --workdir=runs/dimred_from_run
 
-Trains the config's model with the runner into --workdir (resuming, or only
-evaluating, if a checkpoint is already there), or with --model_workdir
-restores a run trained before (its config must match). Then embeds the train
+Trains the config's model with `ae_jax.training` into --workdir (checkpoints
+and metrics in --workdir/model/, the recipe's figures in --workdir/figures/;
+resuming, or only restoring, if a checkpoint is already there), or with
+--model_workdir restores a run trained before (a --workdir of
+`python -m experiments.main` or of another application; its config must
+match). Then embeds the train
 and test splits, fits PCA with as many components as the code has, and
 writes into --workdir:
 
@@ -21,18 +24,19 @@ import os
 
 import numpy as np
 
-from ae_jax import app_plots
 from ae_jax import data as data_lib
 from ae_jax import plotting
+from ae_jax import training
 from ae_jax.applications import common
 from ae_jax.applications import embedding
+from ae_jax.recipes import common as recipe_common
 from experiments import cli
 
 
 def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   """Trains or restores the model, compares it with PCA, writes metrics and figures."""
   cfg = config.dimred
-  model, variables = common.train_or_restore(config, workdir, model_workdir=model_workdir)
+  model, variables = training.train_or_restore(config, workdir, model_workdir=model_workdir)
   data_dir = config.data.get('data_dir')
   train_x, train_y = data_lib.load_arrays(config.data.name, config.data.train_split,
                                           data_dir=data_dir)
@@ -45,9 +49,9 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
       n_neighbors=cfg.n_neighbors, trust_neighbors=cfg.trust_neighbors,
       trust_examples=cfg.trust_examples, output_activation=common.output_activation(config),
       seed=cfg.seed, progress=True)
-  name = f'{config.variant} ({config.model.name})'
+  name = recipe_common.title(config)
   metrics = {
-      'dataset': config.data.name, 'model': name, 'family': common.model_family(model),
+      'dataset': config.data.name, 'model': name, 'family': embedding.code_family(model),
       'num_train': len(train_x), 'num_test': len(test_x),
       'n_neighbors': cfg.n_neighbors, 'trust_neighbors': cfg.trust_neighbors,
       'trust_examples': min(cfg.trust_examples, len(test_x)),
@@ -65,19 +69,19 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   }
   how = 'as is' if dim == 2 else 'drawn by ' + {'pca': 'PCA', 'tsne': 't-SNE'}.get(
       cfg.map_method, cfg.map_method)
-  figures = [app_plots.save_embedding_maps(
+  figures = [plotting.save_embedding_maps(
       maps, test_y[rows], plotting.figure_path(workdir, 'dimred_map.png'),
       title=f'{config.data.name} test codes ({how}), coloured by label')]
   n = cfg.num_reconstructions
   pca = embedding.fit_pca(train_x, dim, seed=cfg.seed)
   pca_recon = pca.inverse_transform(pca.transform(test_x[:n].reshape(n, -1)))
-  figures.append(app_plots.save_image_rows(
+  figures.append(plotting.save_image_rows(
       [test_x[:n],
        embedding.reconstruct(model, variables, test_x[:n], batch_size=n,
                              output_activation=common.output_activation(config)),
        np.clip(pca_recon.reshape(test_x[:n].shape), 0.0, 1.0)],
       plotting.figure_path(workdir, 'dimred_reconstructions.png'),
-      row_labels=['input', config.variant, f'PCA-{dim}'],
+      row_labels=['input', config.recipe, f'PCA-{dim}'],
       title=f'Test reconstructions at dimension {dim}'))
 
   print(f'\n{config.data.name} test split, code dimension {dim}:')

@@ -5,14 +5,18 @@
 
 Trains one model per entry of `config.runs` and seed of
 `config.disentangle.model_seeds` on all 6,144 images of `ae_jax.data.shapes`
-(for one seed: the same architecture, initialisation, noise, data order and
-number of steps; only the objective differs), scores each and the untrained
-encoder of each seed with the five metrics of
-`ae_jax.applications.disentanglement`, and writes into --workdir:
+with the `tcvae` recipe and `ae_jax.training.train_and_evaluate` (for one
+seed: the same architecture, initialisation, noise, data order and number of
+steps; only the objective differs), scores each and the untrained encoder of
+each seed with the five metrics of `ae_jax.applications.disentanglement`, and
+writes into --workdir:
 
+  <run>_seed<k>/                     each model's run: model/ (checkpoints,
+                                     metrics.jsonl, TensorBoard events) and
+                                     figures/ (the recipe's);
   disentanglement.json               every score, per-factor MIG and SAP, the
                                      MI and DCI importance matrices, final
-                                     training metrics;
+                                     eval metrics;
   disentanglement.md                 the table of the five scores (and DCI's
                                      completeness and informativeness), mean
                                      ± std over the seeds;
@@ -20,71 +24,44 @@ encoder of each seed with the five metrics of
                                      one image's code, rows ordered by the
                                      dimension's KL, labelled with the factor
                                      it has most MI with.
+
+Run again with the same --workdir, every model resumes from its last
+checkpoint (a finished one is restored, not retrained); on SIGTERM the model in
+training saves a checkpoint and the script exits with status 75.
 """
 
+import copy
 import functools
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from ae_jax import app_plots
-from ae_jax import build
-from ae_jax import data as data_lib
-from ae_jax import objectives
 from ae_jax import plotting
-from ae_jax import runner
-from ae_jax import train
+from ae_jax import training
 from ae_jax.applications import common
 from ae_jax.applications import disentanglement
 from ae_jax.applications import latent
-from ae_jax.applications import tcvae
 from ae_jax.data import shapes
+from ae_jax.recipes import tcvae
 from experiments import cli
 
 COLUMNS = ('beta_vae', 'factor_vae', 'mig', 'sap', 'dci_disentanglement',
            'dci_completeness', 'dci_informativeness')
 
 
-def make_objective(model, run_config, dataset_size: int):
-  """The objective a `config.runs` entry names."""
-  if run_config.objective == 'vae':
-    return objectives.make_vae_objective(model, beta=run_config.beta)
-  if run_config.objective == 'tcvae':
-    return tcvae.make_tcvae_objective(model, dataset_size=dataset_size, beta=run_config.beta)
-  raise ValueError(f"objective must be 'vae' or 'tcvae', got {run_config.objective!r}.")
-
-
-def train_model(config, objective, images: np.ndarray, init_variables, *, seed: int,
-                desc: str = ''):
-  """Adam steps of `objective` on `images` from `init_variables`; `seed` fixes the
-  sampling noise and the data order.
-
-  Returns:
-    (variables, last logged metrics, seconds).
-  """
-  train_key = jax.random.fold_in(jax.random.key(seed), 1)
-  tx = build.build_optimizer(config.optim)
-  # The step donates its state: start from a copy so the initial variables survive.
-  params = jax.tree.map(jnp.copy, {'params': init_variables['params']})
-  state = train.create_train_state(params, tx)
-  step = train.make_train_step(objective, tx)
-  batches = data_lib.batches((images,), batch_size=config.data.batch_size,
-                             seed=config.data.shuffle_seed + seed)
-  start = time.time()
-  metrics = {}
-  for i in range(config.train.num_train_steps):
-    state, metrics = step(state, next(batches), train_key)
-    if (i + 1) % config.train.log_every_steps == 0 or i + 1 == config.train.num_train_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      train.check_finite_metrics(metrics, i + 1)
-      print(f'  {desc} step {i + 1}: ' + ', '.join(
-          f'{k}={metrics[k]:.2f}' for k in ('loss', 'recon', 'kl', 'tc') if k in metrics),
-            flush=True)
-  jax.block_until_ready(state)
-  return state.params, metrics, time.time() - start
+def run_config(config: ml_collections.ConfigDict, name: str, seed: int
+               ) -> ml_collections.ConfigDict:
+  """The training config of run `name` (its `config.runs` entry set on `loss`) for
+  model seed `seed` (`train.seed`, and `data.shuffle_seed` shifted by it)."""
+  cfg = copy.deepcopy(config)
+  cfg.loss.update(config.runs[name].to_dict())
+  cfg.train.seed = seed
+  cfg.data.shuffle_seed = config.data.shuffle_seed + seed
+  return cfg
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -126,7 +103,7 @@ def traversal_figure(model, variables, data: shapes.Shapes, codes: np.ndarray, k
   labels = [f'z[{d}] KL {kl[d]:.2f}\n'
             + (f'~{data.factor_names[int(np.argmax(mi[d]))]}' if kl[d] > 0.05 else 'inactive')
             for d in dims]
-  return app_plots.save_image_rows(
+  return plotting.save_image_rows(
       images, plotting.figure_path(workdir, f'traversals_{name}.png'), row_labels=labels,
       col_labels=[f'{v:.1f}' for v in values],
       title=f'{name}: latent traversals (MIG {result["mig"]:.2f})')
@@ -146,36 +123,44 @@ def markdown_table(mean: dict, std: dict, num_seeds: int) -> str:
 
 def run(config, workdir: str) -> dict:
   """Trains every run for every seed, scores them and the untrained encoders,
-  writes metrics and figures (figures of the first seed)."""
+  writes metrics and figures (figures of the first seed).
+
+  Raises:
+    ae_jax.training.Preempted: a SIGTERM stopped a model's training (after a checkpoint).
+  """
   cfg = config.disentangle
   os.makedirs(workdir, exist_ok=True)
   data = shapes.make_shapes()
-  model = build.build_model(config.model)
   names = ['untrained', *config.run_names]
   per_seed = {name: [] for name in names}
   extra = {name: [] for name in config.run_names}
-  init = jax.jit(functools.partial(runner.init_variables, model))
 
   for seed in cfg.model_seeds:
-    init_variables = {'params': init(jnp.asarray(data.images[:1]), jax.random.key(seed))['params']}
+    # Every run of this seed starts from these variables.
+    model, untrained = tcvae.initial_variables(run_config(config, config.run_names[0], seed))
     per_seed['untrained'].append(score(
-        disentanglement.representation_table(model, init_variables, data.images), data, cfg))
+        disentanglement.representation_table(model, untrained, data.images), data, cfg))
     for name in config.run_names:
-      run_config = config.runs[name]
-      objective = make_objective(model, run_config, len(data))
-      variables, final, seconds = train_model(config, objective, data.images, init_variables,
-                                              seed=seed, desc=f'{name} seed {seed}')
+      train_config = run_config(config, name, seed)
+      run_dir = os.path.join(workdir, f'{name}_seed{seed}')
+      print(f'\n=== {name} seed {seed} ({train_config.loss.objective}, β = '
+            f'{train_config.loss.beta}) into {run_dir} ===', flush=True)
+      start = time.time()
+      final = training.train_and_evaluate(train_config, run_dir)
+      model, variables = training.restore_variables(train_config, run_dir)
+      seconds = time.time() - start
       start = time.time()
       codes = disentanglement.representation_table(model, variables, data.images)
       result = score(codes, data, cfg)
       per_seed[name].append(result)
       kl = kl_per_dimension(model, variables, data.images)
-      extra[name].append({'seed': seed, 'final_train_metrics': final, 'train_seconds': seconds,
-                          'score_seconds': time.time() - start, 'kl_per_dimension': kl})
+      extra[name].append({'seed': seed, 'workdir': run_dir, 'final_metrics': final,
+                          'train_seconds': seconds, 'score_seconds': time.time() - start,
+                          'kl_per_dimension': kl})
       if seed == cfg.model_seeds[0]:
         traversal_figure(model, variables, data, codes, kl, result, name, workdir, cfg)
       print(f'{name} seed {seed}: ' + ', '.join(f'{c}={result[c]:.3f}' for c in COLUMNS)
-            + f' (trained {seconds:.0f} s)', flush=True)
+            + f' (trained or restored in {seconds:.0f} s)', flush=True)
 
   mean = {n: {c: float(np.mean([r[c] for r in per_seed[n]])) for c in COLUMNS} for n in names}
   std = {n: {c: float(np.std([r[c] for r in per_seed[n]])) for c in COLUMNS} for n in names}
@@ -184,7 +169,7 @@ def run(config, workdir: str) -> dict:
     f.write(table)
   summary = {
       'dataset': 'shapes (3 shapes x 4 scales x 8 orientations x 8 x 8 positions, 32x32)',
-      'model': dict(config.model), 'num_train_steps': config.train.num_train_steps,
+      'model': config.model.to_dict(), 'num_train_steps': config.train.num_train_steps,
       'batch_size': config.data.batch_size, 'seeds': list(cfg.model_seeds),
       'scores': mean, 'scores_std': std, 'scores_per_seed': per_seed,
       'runs': {name: {'objective': config.runs[name].objective,

@@ -6,9 +6,12 @@
   python -m experiments.inpaint --config=experiments/configs/apps/inpaint.py \
       --model_workdir=runs/vae --workdir=runs/inpaint_from_run
 
-Trains the config's model with the runner into --workdir (resuming, or only
-evaluating, if a checkpoint is already there), or with --model_workdir
-restores a run trained before (its config must match). Then, for each mask
+Trains the config's model with `ae_jax.training` into --workdir (checkpoints
+and metrics in --workdir/model/, the recipe's figures in --workdir/figures/;
+resuming, or only restoring, if a checkpoint is already there), or with
+--model_workdir restores a run trained before (a --workdir of
+`python -m experiments.main` or of another application; its config must
+match). Then, for each mask
 of `config.inpaint.masks`, hides pixels of the first `num_examples` test
 images and fills them by
 
@@ -29,11 +32,13 @@ import os
 import jax
 import numpy as np
 
-from ae_jax import app_plots
 from ae_jax import data as data_lib
 from ae_jax import plotting
+from ae_jax import training
 from ae_jax.applications import common
+from ae_jax.applications import embedding
 from ae_jax.applications import inpainting
+from ae_jax.recipes import common as recipe_common
 from experiments import cli
 
 
@@ -51,8 +56,8 @@ def _show_missing(images: np.ndarray, missing: np.ndarray) -> np.ndarray:
 def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   """Trains or restores the model, inpaints masked test images, writes metrics and figures."""
   cfg = config.inpaint
-  model, variables = common.train_or_restore(config, workdir, model_workdir=model_workdir)
-  family = common.model_family(model)
+  model, variables = training.train_or_restore(config, workdir, model_workdir=model_workdir)
+  family = embedding.code_family(model)
   activation = common.output_activation(config)
   data_dir = config.data.get('data_dir')
   train_x, _ = data_lib.load_arrays(config.data.name, config.data.train_split, data_dir=data_dir)
@@ -60,8 +65,8 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   test_x = test_x[:cfg.num_examples]
   mean_image = inpainting.pixel_mean(train_x)
   use_latent = family == 'vae' and common.reconstruction_kind(config) == 'bernoulli'
-  print(f'Inpainting {len(test_x)} {config.data.name} test images with '
-        f'{config.variant} ({family}).', flush=True)
+  name = recipe_common.title(config)
+  print(f'Inpainting {len(test_x)} {config.data.name} test images with {name}.', flush=True)
 
   table, figures = {}, []
   key = jax.random.key(cfg.seed)
@@ -91,13 +96,13 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
     rows = [_show_missing(test_x[:n], missing[:n])] + [_rgb(f[:n]) for f in fills.values()]
     rows.append(_rgb(test_x[:n]))
     name = spec.replace(':', '_').replace('.', 'p')
-    figures.append(app_plots.save_image_rows(
+    figures.append(plotting.save_image_rows(
         rows, plotting.figure_path(workdir, f'inpaint_{name}.png'),
         row_labels=['masked'] + list(fills) + ['truth'],
-        title=f'{config.data.name}, mask {spec}, {config.variant} ({family})'))
+        title=f'{config.data.name}, mask {spec}, {name}'))
 
   metrics = {
-      'dataset': config.data.name, 'model': f'{config.variant} ({config.model.name})',
+      'dataset': config.data.name, 'model': name,
       'family': family, 'num_examples': len(test_x), 'metric': 'PSNR on missing pixels (dB)',
       'baseline': 'mean_train (per-pixel mean of the train images)',
       'num_iterations': cfg.num_iterations,

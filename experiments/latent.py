@@ -6,8 +6,9 @@
   python -m experiments.latent --config=experiments/configs/apps/latent.py \
       --model_workdir=runs/vae --workdir=runs/latent_from_run
 
-Trains the config's model with the runner into --workdir (or restores
---model_workdir), embeds the train and test splits and writes into --workdir:
+Trains the config's model with `ae_jax.training` into --workdir (checkpoints
+and metrics in --workdir/model/; or restores the run in --model_workdir),
+embeds the train and test splits and writes into --workdir:
 
   latent.json                      midpoint norms of linear and spherical
                                    paths, attribute-arithmetic success rates
@@ -26,12 +27,13 @@ import os
 import numpy as np
 from sklearn import neighbors
 
-from ae_jax import app_plots
 from ae_jax import data as data_lib
 from ae_jax import plotting
+from ae_jax import training
 from ae_jax.applications import common
 from ae_jax.applications import embedding
 from ae_jax.applications import latent
+from ae_jax.recipes import common as recipe_common
 from experiments import cli
 
 
@@ -53,8 +55,9 @@ def _midpoint_norm_ratios(codes: np.ndarray, num_pairs: int, seed: int) -> dict[
 def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   """Trains or restores the model, walks its latent space, writes metrics and figures."""
   cfg = config.latent
-  model, variables = common.train_or_restore(config, workdir, model_workdir=model_workdir)
-  family = common.model_family(model)
+  model, variables = training.train_or_restore(config, workdir, model_workdir=model_workdir)
+  family = embedding.code_family(model)
+  name = recipe_common.title(config)
   data_dir = config.data.get('data_dir')
   train_x, train_y = data_lib.load_arrays(config.data.name, config.data.train_split,
                                           data_dir=data_dir)
@@ -80,9 +83,9 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
                                 method=method)
       rows.append(decode(np.asarray(path)))
       labels.append(f'{a}→{b} {method}')
-  figures.append(app_plots.save_image_rows(
+  figures.append(plotting.save_image_rows(
       rows, plotting.figure_path(workdir, 'latent_interpolation.png'), row_labels=labels,
-      title=f'{config.variant}: interpolation between test codes'))
+      title=f'{name}: interpolation between test codes'))
   norms = {'test_codes': _midpoint_norm_ratios(test_z, cfg.num_norm_pairs, cfg.seed)}
   if family == 'vae':
     prior = np.random.default_rng(cfg.seed).standard_normal((2 * cfg.num_norm_pairs,
@@ -106,10 +109,10 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
     for n in range(min(cfg.num_attribute_examples, len(sources))):
       rows.append(images[n])
       labels.append(f'{a} + s·({b}−{a})')
-  figures.append(app_plots.save_image_rows(
+  figures.append(plotting.save_image_rows(
       rows, plotting.figure_path(workdir, 'latent_attributes.png'), row_labels=labels,
       col_labels=[f's={s:g}' for s in scales],
-      title=f'{config.variant}: attribute arithmetic, z + s·(mean z|b − mean z|a)'))
+      title=f'{name}: attribute arithmetic, z + s·(mean z|b − mean z|a)'))
 
   # Traversals of the most active dimensions from the first test code.
   activity = latent.latent_activity(train_z)
@@ -120,14 +123,14 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
     q = np.linspace(cfg.traversal_quantile, 1 - cfg.traversal_quantile, cfg.num_traversal_values)
     values = np.quantile(train_z[:, dims], q, axis=0).T  # [dims, V]
   grid = latent.traverse(test_z[0], values, dims=dims)
-  figures.append(app_plots.save_image_rows(
+  figures.append(plotting.save_image_rows(
       decode(grid), plotting.figure_path(workdir, 'latent_traversals.png'),
       row_labels=[f'z[{d}] (var {activity[d]:.2f})' for d in dims],
       col_labels=[f'{v:.1f}' for v in values] if values.ndim == 1 else None,
-      title=f'{config.variant}: traversals of the {len(dims)} most active dimensions'))
+      title=f'{name}: traversals of the {len(dims)} most active dimensions'))
 
   metrics = {
-      'dataset': config.data.name, 'model': f'{config.variant} ({config.model.name})',
+      'dataset': config.data.name, 'model': name,
       'family': family, 'code_dim': int(test_z.shape[1]),
       'midpoint_norm_ratio': norms,
       'attribute_success': success,
@@ -136,7 +139,7 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
       'num_active_units': int(np.sum(activity > 0.01)),
   }
   json_path = common.write_json(os.path.join(workdir, 'latent.json'), metrics)
-  print(f'\n{config.data.name}, {config.variant}: code dimension {test_z.shape[1]}, '
+  print(f'\n{config.data.name}, {name}: code dimension {test_z.shape[1]}, '
         f'{metrics["num_active_units"]} units with activity > 0.01.')
   for where, r in norms.items():
     print(f'Midpoint norm / endpoint norm ({where}): linear {r["linear"]:.3f}, '

@@ -7,18 +7,19 @@
       --workdir=runs/vae --num_samples=5000 --num_examples=1000
 
 --config must be the config the run in --workdir was trained with (the same
-overrides); its latest checkpoint is restored. The test images are the
-config's eval split, the first --num_examples of them (0: all). With
-`data.binarize` they are binarized once, x ~ Bernoulli(pixels) from
-numpy's default_rng(--binarize_seed), so two runs scored with the same seed
-see the same binary test set. For every image the K = --num_samples
+overrides); the latest checkpoint of its first stage (--workdir/model/) is
+restored. The test images are the config's eval split, the first
+--num_examples of them (0: all). With `data.binarize` they are binarized once,
+x ~ Bernoulli(pixels) from numpy's default_rng(--binarize_seed), so two runs
+scored with the same seed see the same binary test set. For every image the K = --num_samples
 importance-weighted bound L_K is computed (`ae_jax.likelihood`), together
 with the K-sample ELBO estimate (the mean of the same K log weights), and the
 active units of each stochastic layer. Prints nats and bits per dimension and
 writes them to --workdir/likelihood_k<K>_n<N>.json (or --output), and the
 per-example L_K beside it (<json name>_per_example.npy).
 
-MLP VAEs (vae, beta_vae, iwae), conv VAEs and ladder VAEs are supported.
+MLP VAEs (vae, beta_vae, iwae), conv VAEs and ladder VAEs (recipes 'vae' and
+'ladder') are supported.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import numpy as np
 
 from ae_jax import data as data_lib
 from ae_jax import likelihood
-from ae_jax import models
+from ae_jax import training
 from ae_jax.applications import common
+from ae_jax.recipes import common as recipe_common
 from experiments import cli
 
 
@@ -57,8 +59,8 @@ def test_images(config, *, num_examples: int = 0, binarize_seed: int = 0) -> np.
 def posterior_means(model, variables, images: np.ndarray, *, batch_size: int = 500
                     ) -> list[np.ndarray]:
   """E_q[z | x] per stochastic layer (one for a one-layer VAE), each [N, Z_i]."""
-  if isinstance(model, models.LadderVAE):
-    fn = jax.jit(lambda x: model.apply(variables, x, method=model.posterior_means))
+  if hasattr(model, 'posterior_means'):  # A hierarchy (the ladder VAE): every layer's.
+    fn = jax.jit(lambda x: model.apply(variables, x, method='posterior_means'))
   else:
     fn = jax.jit(lambda x: (model.apply(variables, x, method='encode')[0],))
   parts = [fn(jnp.asarray(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
@@ -69,12 +71,12 @@ def run(config, workdir: str, *, num_samples: int = 1000, num_examples: int = 0,
         chunk_size: int = 100, batch_size: int = 50, seed: int = 0, binarize_seed: int = 0,
         output: str | None = None) -> dict:
   """Scores the run in `workdir`; returns what it writes to the json file."""
-  model, variables = common.restore_variables(config, workdir)
+  model, variables = training.restore_variables(config, workdir)
   if not likelihood.supports(model):
     raise ValueError(f'config.model.name={config.model.name!r}: the importance-weighted '
                      'likelihood needs a mlp_vae, conv_vae or ladder_vae.')
   images = test_images(config, num_examples=num_examples, binarize_seed=binarize_seed)
-  print(f'{config.variant} ({config.model.name}) from {workdir}: L_K with K={num_samples} on '
+  print(f'{recipe_common.title(config)} from {workdir}: L_K with K={num_samples} on '
         f'{len(images)} {config.data.name} {config.data.eval_split} images'
         + (' (binarized)' if config.data.binarize else ''), flush=True)
   start = time.time()
@@ -91,7 +93,7 @@ def run(config, workdir: str, *, num_samples: int = 1000, num_examples: int = 0,
   seconds = time.time() - start
   means = posterior_means(model, variables, images)
   summary = {
-      'workdir': os.path.abspath(workdir), 'variant': config.variant,
+      'workdir': os.path.abspath(workdir), 'recipe': config.recipe,
       'model': config.model.to_dict(), 'loss': config.loss.to_dict(),
       'dataset': config.data.name, 'split': config.data.eval_split,
       'binarized': bool(config.data.binarize), 'binarize_seed': binarize_seed, 'seed': seed,

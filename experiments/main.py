@@ -5,8 +5,10 @@
   python -m experiments.main --config=experiments/configs/beta_vae.py --config.loss.beta=4 --workdir=runs/b4
 
 `--config=FILE:PRESET` picks a preset ('smoke', 'colab_tpu'); `--config.a.b=v`
-overrides any field, and a field that does not exist is an error. Running
-again with the same --workdir resumes from its latest checkpoint.
+overrides any field, and a field that does not exist is an error. The config's
+`recipe` names the family (`ae_jax.recipes`); each of its stages trains into
+<workdir>/<stage>/ and figures go to <workdir>/figures/. Running again with
+the same --workdir resumes from the latest checkpoint of the unfinished stage.
 
 Several processes (hosts) train one run when `jax.distributed.initialize` is
 called first: give --coordinator_address (host:port of process 0, reachable by
@@ -36,7 +38,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from ae_jax import runner
+from ae_jax import training
 
 # sysexits.h EX_TEMPFAIL: the run stopped cleanly but is not finished; run it again.
 EXIT_PREEMPTED = 75
@@ -74,8 +76,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   _maybe_initialize_distributed()
   try:
-    runner.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except runner.Preempted as preempted:
+    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except training.Preempted as preempted:
     if jax.process_index() == 0:
       print(preempted, flush=True)
     sys.exit(EXIT_PREEMPTED)

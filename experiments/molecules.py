@@ -6,9 +6,9 @@
   python -m experiments.molecules --config=experiments/configs/molecule_vae.py \
       --model_workdir=runs/mol --workdir=runs/mol_eval
 
-Trains the config's `SequenceVAE` with the runner into --workdir (or restores
---model_workdir), samples `molecules.num_samples` molecules from the prior and
-writes into --workdir:
+Trains the config's `SequenceVAE` (recipe 'sequence_vae') into --workdir with
+`ae_jax.training` (or restores --model_workdir), samples
+`molecules.num_samples` molecules from the prior and writes into --workdir:
 
   molecules.json                 validity, unique@1k, unique@10k, novelty
                                  (against all of MOSES train, and against the
@@ -21,17 +21,18 @@ writes into --workdir:
   figures/interpolation.png      RDKit drawing of the molecules decoded along
                                  the line between two test molecules' codes;
   figures/samples.png            RDKit drawing of the first valid samples;
-  and the runner's metrics.jsonl, checkpoints and figures.
+  and, when it trains, the run's model/ (checkpoints/, metrics.jsonl,
+  tensorboard/) and figures/reconstructions.png, latent_map.png and
+  training_curves.png.
 """
 
 import os
 import time
 
 import jax
-import numpy as np
 
 from ae_jax import plotting
-from ae_jax import runner
+from ae_jax import training
 from ae_jax.applications import common
 from ae_jax.molecules import data as molecule_data
 from ae_jax.molecules import figures
@@ -43,11 +44,8 @@ from experiments import cli
 def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   """Trains or restores the model, samples, computes the metrics, writes figures."""
   cfg = config.molecules
-  molecule_data.check_config(config)
-  if model_workdir is None:
-    runner.train_and_evaluate(config, workdir)
-    model_workdir = workdir
-  model, variables = common.restore_variables(config, model_workdir)
+  training.validate(config)  # Before training, and before restoring --model_workdir.
+  model, variables = training.train_or_restore(config, workdir, model_workdir=model_workdir)
   tok = molecule_data.tokenizer_from_config(config.data)
   key = jax.random.key(config.train.seed + 1)
   os.makedirs(workdir, exist_ok=True)

@@ -1,129 +1,61 @@
-"""VQ-VAE generation: a gated PixelCNN prior over the code grids, sampled and decoded.
+"""VQ-VAE generation: the prior stage of the `vqvae` recipe on an earlier VQ-VAE run.
 
-  python -m experiments.vq_prior --config=experiments/configs/apps/vq_prior.py --workdir=runs/vq_prior
+Both stages (the VQ-VAE, then the gated PixelCNN prior over its code grids)
+train with the ordinary launcher:
+
+  python -m experiments.main --config=experiments/configs/apps/vq_prior.py --workdir=runs/vq_prior
+
+This script does the same without --model_workdir; with it, the VQ-VAE is
+restored from that run's <model_workdir>/model (trained by
+`python -m experiments.main --config=experiments/configs/vqvae.py --workdir=runs/vqvae`)
+and only the prior trains, into <workdir>/prior:
+
   python -m experiments.vq_prior --config=experiments/configs/apps/vq_prior.py \
       --model_workdir=runs/vqvae --workdir=runs/vq_prior_from_run
 
-Trains the config's VQ-VAE with the runner into --workdir (or restores
---model_workdir), encodes the train and test splits to code grids, trains
-the prior on them into <workdir>/prior (checkpoints/, metrics.jsonl; a rerun
-resumes), and writes into --workdir:
-
-  vq_prior.json                  test NLL of the prior (nats per code, bits per
-                                 image) before and after training, against the
-                                 uniform (log K) and code-frequency baselines;
-                                 code usage and perplexity;
-  figures/vq_code_usage.png      how often each code is used (train split);
-  figures/vq_prior_samples.png   test inputs, their VQ-VAE reconstructions,
-                                 and decoded prior samples at each temperature.
+Either way <workdir> receives vq_prior.json (the prior's test NLL before
+and after training against the uniform and code-frequency baselines, code
+usage) and figures/ (vq_code_usage.png, vq_prior_samples.png, the VQ-VAE's
+reconstructions and latent map, training curves). A rerun resumes the prior;
+on SIGTERM it saves a checkpoint and exits with status 75.
 """
 
-import math
 import os
-import time
+import sys
 
-import jax
-import numpy as np
-from matplotlib.figure import Figure
-
-from ae_jax import app_plots
-from ae_jax import data as data_lib
-from ae_jax import models
-from ae_jax import plotting
-from ae_jax.applications import common
-from ae_jax.applications import vq_prior
+from ae_jax import training
 from experiments import cli
 
-
-def save_code_usage(codes: np.ndarray, num_codes: int, path: str, *, title: str = '') -> str:
-  """Bar chart of code frequencies, most used first, with the perplexity."""
-  counts = np.bincount(codes.ravel(), minlength=num_codes)
-  freq = counts / counts.sum()
-  nonzero = freq[freq > 0]
-  perplexity = float(np.exp(-np.sum(nonzero * np.log(nonzero))))
-  fig = Figure(figsize=(8, 3.2))
-  ax = fig.subplots()
-  order = np.argsort(-counts)
-  ax.bar(np.arange(num_codes), freq[order], color='tab:blue')
-  ax.set_xticks(np.arange(num_codes)[::max(1, num_codes // 16)])
-  ax.set_xticklabels(order[::max(1, num_codes // 16)], fontsize=7)
-  ax.set_xlabel('code index (sorted by use)')
-  ax.set_ylabel('frequency')
-  ax.set_title((title + ': ' if title else '') + f'{int(np.sum(counts > 0))}/{num_codes} codes '
-               f'used, perplexity {perplexity:.1f}')
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return path
+# As experiments/main.py (sysexits.h EX_TEMPFAIL); importing it would define its flags.
+EXIT_PREEMPTED = 75
 
 
-def run(config, workdir: str, model_workdir: str | None = None) -> dict:
-  """Trains or restores the VQ-VAE, trains the prior, samples, writes metrics and figures."""
-  cfg = config.vq_prior
-  vqvae, variables = common.train_or_restore(config, workdir, model_workdir=model_workdir)
-  if not isinstance(vqvae, models.VQVAE):
-    raise ValueError(f'vq_prior needs a VQ-VAE config (model.name="vqvae"), got '
-                     f'{config.model.name!r}.')
-  data_dir = config.data.get('data_dir')
-  train_x, _ = data_lib.load_arrays(config.data.name, config.data.train_split, data_dir=data_dir)
-  test_x, _ = data_lib.load_arrays(config.data.name, config.data.eval_split, data_dir=data_dir)
-  train_codes = vq_prior.encode_indices(vqvae, variables, train_x)
-  test_codes = vq_prior.encode_indices(vqvae, variables, test_x)
-  num_codes = vqvae.num_codes
-  grid = tuple(train_codes.shape[1:])
-  print(f'Codes: {grid[0]}x{grid[1]} grid of {num_codes} codes; {len(train_codes)} train, '
-        f'{len(test_codes)} test grids.')
+def run(config, workdir: str, model_workdir: str | None = None) -> dict[str, float]:
+  """Trains the config's stages into `workdir`, the VQ-VAE restored from
+  `model_workdir` when given; returns the final metrics."""
+  if model_workdir is None:
+    return training.train_and_evaluate(config, workdir)
+  recipe = training.validate(config)
+  if tuple(recipe.stages(config)) != ('model', 'prior'):
+    raise ValueError('The config trains no prior: use experiments/configs/apps/vq_prior.py '
+                     '(its `prior` section with num_train_steps > 0).')
+  trained = training.restore(config, model_workdir, stages=('model',))
+  trained['prior'] = training.fit(recipe.make_stage(config, 'prior', trained),
+                                  os.path.join(workdir, 'prior'))
+  prior_metrics = {f'prior/{k}': v for k, v in trained['prior'].metrics.items()}
+  return {**prior_metrics, **recipe.finish(config, trained, workdir)}
 
-  start = time.time()
-  prior, params, history = vq_prior.train_prior(
-      cfg, os.path.join(workdir, 'prior'), train_codes, test_codes, num_codes=num_codes)
-  seconds = time.time() - start
 
-  activation = common.output_activation(config)
-  n = cfg.num_samples
-  rows = [test_x[:n], vq_prior.decode_indices(vqvae, variables, test_codes[:n],
-                                              output_activation=activation)]
-  labels = ['test inputs', 'reconstructions']
-  sample_key = jax.random.key(cfg.seed + 1)
-  for t in cfg.temperatures:
-    codes = vq_prior.sample_codes(prior, params, sample_key, n, grid, temperature=t)
-    images = vq_prior.decode_indices(vqvae, variables, np.asarray(codes),
-                                     output_activation=activation)
-    if not np.all(np.isfinite(images)):
-      raise FloatingPointError(f'Decoded prior samples at temperature {t} are not finite.')
-    rows.append(images)
-    labels.append(f'prior T={t:g}')
-  figures = [
-      save_code_usage(train_codes, num_codes, plotting.figure_path(workdir, 'vq_code_usage.png'),
-                      title=f'{config.data.name} train codes'),
-      app_plots.save_image_rows(rows, plotting.figure_path(workdir, 'vq_prior_samples.png'),
-                                row_labels=labels,
-                                title=f'{config.data.name}: VQ-VAE reconstructions and '
-                                      'gated PixelCNN prior samples'),
-  ]
-  counts = np.bincount(train_codes.ravel(), minlength=num_codes)
-  freq = counts[counts > 0] / counts.sum()
-  metrics = {
-      'dataset': config.data.name, 'grid': list(grid), 'num_codes': num_codes,
-      'codes_used': int(np.sum(counts > 0)),
-      'code_perplexity': float(np.exp(-np.sum(freq * np.log(freq)))),
-      'uniform_nats_per_code': math.log(num_codes),
-      'unigram_nats_per_code': vq_prior.unigram_nats_per_code(train_codes, test_codes,
-                                                               num_codes),
-      'prior_history': history,
-      'prior_nats_per_code': history[-1]['nats_per_code'],
-      'prior_bits_per_image': history[-1]['bits_per_image'],
-      'prior_train_seconds': seconds,
-  }
-  json_path = common.write_json(os.path.join(workdir, 'vq_prior.json'), metrics)
-  print(f"\nPrior test NLL: {history[0]['nats_per_code']:.4f} -> "
-        f"{metrics['prior_nats_per_code']:.4f} nats/code "
-        f"({metrics['prior_bits_per_image']:.1f} bits/image); baselines: uniform "
-        f"{metrics['uniform_nats_per_code']:.4f}, code frequencies "
-        f"{metrics['unigram_nats_per_code']:.4f} nats/code. Prior trained in {seconds:.1f} s.")
-  print(f'Metrics: {json_path}\nFigures: ' + ', '.join(figures))
-  return metrics
+def _run_or_exit(config, workdir: str, model_workdir: str | None = None) -> None:
+  try:
+    run(config, workdir, model_workdir)
+  except training.Preempted as preempted:
+    print(preempted, flush=True)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':
-  cli.run_app(run, config_help='Config file, e.g. experiments/configs/apps/vq_prior.py[:smoke].',
-              model_workdir_help='Restore the VQ-VAE from this run instead of training one.')
+  cli.run_app(_run_or_exit,
+              config_help='Config file, e.g. experiments/configs/apps/vq_prior.py[:smoke].',
+              model_workdir_help='Restore the VQ-VAE from this run (its model/ stage) instead '
+                                 'of training one.')

@@ -45,12 +45,19 @@ def free_port() -> int:
 
 
 def launch(config_arg: str, workdir, *overrides: str, num_devices: int = 1,
-           log_path=None) -> subprocess.Popen:
-  """Starts the launcher; its output goes to `log_path` (a file, so no pipe can fill)."""
+           log_path=None, fault: str = '') -> subprocess.Popen:
+  """Starts the launcher; its output goes to `log_path` (a file, so no pipe can fill).
+
+  `fault` is an AE_JAX_FAULT spec (`ae_jax.training.faults`), e.g. 'sigterm@4'.
+  """
   cmd = [sys.executable, '-m', 'experiments.main', f'--config={config_arg}',
          f'--workdir={workdir}', *overrides]
+  env = env_with_devices(num_devices)
+  env.pop('AE_JAX_FAULT', None)
+  if fault:
+    env['AE_JAX_FAULT'] = fault
   log = open(log_path or f'{workdir}.log', 'w')  # pylint: disable=consider-using-with
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env_with_devices(num_devices), stdout=log,
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
                           stderr=subprocess.STDOUT, text=True)
   proc.log_path = log.name
   log.close()
@@ -102,11 +109,17 @@ def with_one_retry(body, tmp_path):
     return body(tmp_path / 'try1')
 
 
-def restore(workdir, step: int | None = None) -> tuple[int, dict[str, Any]]:
-  """A checkpoint of `workdir` (latest by default) as host arrays, whatever the
+def restore(stage_dir, step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """A checkpoint of a stage (latest by default) as host arrays, whatever the
   number of devices that wrote it: the target is built from the saved shapes
-  on this process's first device."""
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+  on this process's first device.
+
+  Args:
+    stage_dir: a stage's directory, <workdir>/<stage> (e.g. <workdir>/model),
+      which holds checkpoints/.
+    step: the checkpoint's step; None for the latest.
+  """
+  manager = ocp.CheckpointManager(os.path.join(stage_dir, 'checkpoints'),
                                   item_handlers=ocp.StandardCheckpointHandler())
   step = manager.latest_step() if step is None else step
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

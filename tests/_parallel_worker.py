@@ -20,6 +20,10 @@ Checks, all from the same initial parameters and the same global batches:
 * ``stochastic_pmap``: the pmap step against a reference written here from the
   documented semantics: replica ``i`` uses ``fold_in(fold_in(key, step), i)`` on
   its shard and the gradients are averaged.
+* ``generic_sharded``: `parallel.shard_train_step` of a pure step of the kind
+  a recipe's stage brings to `ae_jax.training.fit` (a dict state with two
+  optimizer states and an int32 step, noise from the step's key) against the
+  same step jitted on one device.
 """
 
 from __future__ import annotations
@@ -123,6 +127,45 @@ def _run_pmap_reference(objective, tx, key):
   return params
 
 
+def _two_optimizer_step(tx_a, tx_b):
+  """A pure step over a dict state: a noisy gradient step with `tx_a`, then a
+  clean one with `tx_b` from the updated parameters (two phases, as the AAE's)."""
+
+  def step(state, batch, key):
+    key = jax.random.fold_in(key, state['step'])
+    loss = lambda params, x: _mse(params, x, batch['image'])
+    noisy = batch['image'] + NOISE_SIGMA * jax.random.normal(key, batch['image'].shape)
+    loss_a, grads = jax.value_and_grad(loss)(state['params'], noisy)
+    updates, opt_a = tx_a.update(grads, state['opt_a'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    loss_b, grads = jax.value_and_grad(loss)(params, batch['image'])
+    updates, opt_b = tx_b.update(grads, state['opt_b'], params)
+    params = optax.apply_updates(params, updates)
+    new_state = {'step': state['step'] + 1, 'params': params, 'opt_a': opt_a, 'opt_b': opt_b}
+    return new_state, {'loss_a': loss_a, 'loss_b': loss_b}
+
+  return step
+
+
+def _run_generic(sharded: bool, key):
+  tx_a, tx_b = optax.adam(1e-2), optax.sgd(0.1)
+  params = MODEL.init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE)))
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_a': tx_a.init(params),
+           'opt_b': tx_b.init(params)}
+  step = _two_optimizer_step(tx_a, tx_b)
+  if sharded:
+    mesh = parallel.make_mesh()
+    state = parallel.replicate_on_mesh(state, mesh)
+    step = parallel.shard_train_step(step, mesh)
+    put = lambda batch: parallel.shard_batch(batch, mesh)
+  else:
+    step = jax.jit(step)
+    put = lambda batch: jax.tree.map(jnp.asarray, batch)
+  for batch in _batches():
+    state, metrics = _block(step(state, put(batch), key))
+  return state, metrics
+
+
 def _max_abs_diff(a, b) -> float:
   diffs = jax.tree.map(
       lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))),
@@ -179,6 +222,12 @@ def report() -> dict[str, Any]:
   out['stochastic_pmap_params'] = _max_abs_diff(pmapped.params, _run_pmap_reference(
       stochastic_objective, tx, key))
   out['stochastic_pmap_vs_single'] = _max_abs_diff(pmapped.params, single.params)
+
+  single, _ = _run_generic(False, key)
+  sharded, metrics = _run_generic(True, key)
+  out['generic_sharded_step'] = int(sharded['step'])
+  out['generic_sharded_state'] = _max_abs_diff(sharded, single)
+  out['generic_sharded_metric_keys'] = sorted(metrics)
 
   mesh = parallel.make_mesh()
   odd = {'image': np.zeros((2 * mesh.size + 1, *IMAGE_SHAPE), np.float32)}

@@ -1,8 +1,18 @@
-"""Tests for the adversarial autoencoder: MMD, priors, the three-phase step, learning on
-MNIST, and the runner (figures, checkpoint resume, bad configs)."""
+"""Tests for the adversarial autoencoder: MMD, priors, the three-phase step (one device
+and pmap), learning on MNIST, and the recipe (figures, resumption, bad configs).
 
+The recipe's training contract (resume, preemption, NaN, 2 devices) is in
+tests/contract_test.py. Run as a script (on fake devices),
+`python tests/adversarial_test.py` prints the pmap-against-one-device report.
+"""
+
+import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +21,13 @@ import optax
 import pytest
 from scipy import stats
 
-from ae_jax import adversarial
-from ae_jax import build
 from ae_jax import data
+from ae_jax import losses
 from ae_jax import models
-from ae_jax import runner
+from ae_jax import training
+from ae_jax.models.aae import Prior
+from ae_jax.recipes import aae
+import _launch_helpers as helpers
 from experiments.configs import aae as aae_config
 
 
@@ -56,7 +68,7 @@ def test_mmd_matches_a_loop_reference(kernel, bandwidths, unbiased, m):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(7, 3))
   y = rng.normal(0.5, 1.5, size=(m, 3))
-  got = adversarial.mmd2(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+  got = losses.mmd2(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
                          kernel=kernel, bandwidths=bandwidths, unbiased=unbiased)
   assert float(got) == pytest.approx(_mmd2_loops(x, y, kernel, bandwidths, unbiased),
                                      rel=1e-4, abs=1e-6)
@@ -68,22 +80,22 @@ def test_mmd_weights_leave_out_pairs():
   w = np.array([1, 1, 0, 1, 1, 1, 0, 1, 1], np.float32)
   keep = w == 1
   for unbiased in (True, False):
-    weighted = adversarial.mmd2(jnp.asarray(x), jnp.asarray(y), unbiased=unbiased,
+    weighted = losses.mmd2(jnp.asarray(x), jnp.asarray(y), unbiased=unbiased,
                                 weights_N=jnp.asarray(w))
-    subset = adversarial.mmd2(jnp.asarray(x[keep]), jnp.asarray(y[keep]), unbiased=unbiased)
+    subset = losses.mmd2(jnp.asarray(x[keep]), jnp.asarray(y[keep]), unbiased=unbiased)
     assert float(weighted) == pytest.approx(float(subset), rel=1e-5)
 
 
 def test_mmd_of_identical_samples_is_zero_and_same_law_unbiased_averages_zero():
   x = jax.random.normal(jax.random.key(0), (64, 2))
-  assert float(adversarial.mmd2(x, x, unbiased=True)) == 0.0
-  assert abs(float(adversarial.mmd2(x, x, unbiased=False))) < 1e-6
+  assert float(losses.mmd2(x, x, unbiased=True)) == 0.0
+  assert abs(float(losses.mmd2(x, x, unbiased=False))) < 1e-6
   # Two independent samples of one law: the U-statistic is centred on 0, the
   # V-statistic is biased upwards.
   keys = jax.random.split(jax.random.key(1), 400)
   draw = jax.vmap(lambda k: jax.random.normal(k, (2, 20, 2)))(keys)
-  u = jax.vmap(lambda s: adversarial.mmd2(s[0], s[1], kernel='rbf'))(draw)
-  v = jax.vmap(lambda s: adversarial.mmd2(s[0], s[1], kernel='rbf', unbiased=False))(draw)
+  u = jax.vmap(lambda s: losses.mmd2(s[0], s[1], kernel='rbf'))(draw)
+  v = jax.vmap(lambda s: losses.mmd2(s[0], s[1], kernel='rbf', unbiased=False))(draw)
   se = float(jnp.std(u)) / math.sqrt(len(u))
   assert abs(float(jnp.mean(u))) < 4 * se
   assert float(jnp.mean(v)) > 10 * se
@@ -105,7 +117,7 @@ def test_rbf_mmd_matches_the_gaussian_closed_form():
     kx, ky = jax.random.split(key)
     x = a + s1 * jax.random.normal(kx, (100, d))
     y = b + s2 * jax.random.normal(ky, (100, d))
-    return adversarial.mmd2(x, y, kernel='rbf', bandwidths=(sigma,))
+    return losses.mmd2(x, y, kernel='rbf', bandwidths=(sigma,))
 
   values = jax.vmap(estimate)(keys)
   se = float(jnp.std(values)) / math.sqrt(len(values))
@@ -116,13 +128,13 @@ def test_rbf_mmd_matches_the_gaussian_closed_form():
 def test_mmd_rejects_bad_input():
   x = jnp.zeros((4, 2))
   with pytest.raises(ValueError, match='Unknown kernel'):
-    adversarial.mmd2(x, x, kernel='laplace')
+    losses.mmd2(x, x, kernel='laplace')
   with pytest.raises(ValueError, match='bandwidths'):
-    adversarial.mmd2(x, x, bandwidths=(0.0,))
+    losses.mmd2(x, x, bandwidths=(0.0,))
   with pytest.raises(ValueError, match=r'\[N, Z\] and \[M, Z\]'):
-    adversarial.mmd2(x, jnp.zeros((4, 3)))
+    losses.mmd2(x, jnp.zeros((4, 3)))
   with pytest.raises(ValueError, match='at least 2'):
-    adversarial.mmd2(x[:1], x)
+    losses.mmd2(x[:1], x)
 
 
 # ----------------------------------------------------------------------------
@@ -131,7 +143,7 @@ def test_mmd_rejects_bad_input():
 
 
 def test_mixture_samples_have_each_components_mean_and_spread():
-  prior = adversarial.Prior('mixture', 3, num_components=10, radius=4.0, radial_std=1.0,
+  prior = Prior('mixture', 3, num_components=10, radius=4.0, radial_std=1.0,
                             tangential_std=0.25)
   n = 4000
   means = prior.means()
@@ -154,10 +166,10 @@ def test_mixture_samples_have_each_components_mean_and_spread():
 
 def test_prior_log_prob_matches_scipy():
   z = np.random.default_rng(0).normal(0, 3, size=(50, 2)).astype(np.float32)
-  gaussian = adversarial.Prior('gaussian', 2)
+  gaussian = Prior('gaussian', 2)
   np.testing.assert_allclose(gaussian.log_prob(z),
                              stats.multivariate_normal(np.zeros(2)).logpdf(z), rtol=1e-5)
-  prior = adversarial.Prior('mixture', 2, num_components=6, radius=3.0, radial_std=0.8,
+  prior = Prior('mixture', 2, num_components=6, radius=3.0, radial_std=0.8,
                             tangential_std=0.3)
   density = np.zeros(len(z))
   for k in range(6):
@@ -170,13 +182,13 @@ def test_prior_log_prob_matches_scipy():
 
 def test_prior_rejects_bad_settings():
   with pytest.raises(ValueError, match='Unknown prior'):
-    adversarial.Prior('uniform')
+    Prior('uniform')
   with pytest.raises(ValueError, match='latent_dim >= 2'):
-    adversarial.Prior('mixture', 1)
+    Prior('mixture', 1)
   with pytest.raises(ValueError, match='radial_std must be > 0'):
-    adversarial.Prior('mixture', 2, radial_std=0.0)
+    Prior('mixture', 2, radial_std=0.0)
   with pytest.raises(ValueError, match='only defined for the mixture'):
-    adversarial.Prior('gaussian', 2).sample(jax.random.key(0), 3, jnp.zeros(3, jnp.int32))
+    Prior('gaussian', 2).sample(jax.random.key(0), 3, jnp.zeros(3, jnp.int32))
 
 
 # ----------------------------------------------------------------------------
@@ -206,13 +218,12 @@ def _changed(before, after):
 ])
 def test_each_phase_updates_only_its_parameters(phase, expected):
   model, batch, params = _tiny()
-  txs = {p: optax.sgd(0.1) if p == phase else optax.set_to_zero() for p in adversarial.PHASES}
-  state = adversarial.create_aae_state(params, txs)
-  step = adversarial.make_aae_train_step(model, txs, donate=False)
-  new_state, metrics = step(state, batch, jax.random.key(2))
+  txs = {p: optax.sgd(0.1) if p == phase else optax.set_to_zero() for p in aae.PHASES}
+  state = aae.create_state(params, txs)
+  new_state, metrics = jax.jit(aae.train_step_fn(model, txs))(state, batch, jax.random.key(2))
   assert _changed(params, new_state.params) == expected
   assert int(new_state.step) == 1
-  assert set(new_state.opt_state) == set(adversarial.PHASES)
+  assert set(new_state.opt_state) == set(aae.PHASES)
   assert {'loss', 'recon', 'disc_loss', 'gen_loss'} <= set(metrics)
 
 
@@ -224,13 +235,13 @@ def test_step_equals_three_sequential_gradient_steps(num_classes):
   hp = dict(prior=prior, num_components=3)
   lrs = {'recon': 0.1, 'disc': 0.05, 'gen': 0.02}
   txs = {p: optax.sgd(lr) for p, lr in lrs.items()}
-  step = adversarial.make_aae_train_step(model, txs, donate=False, **hp)
+  step = jax.jit(aae.train_step_fn(model, txs, **hp))
   key = jax.random.key(3)
-  new_state, metrics = step(adversarial.create_aae_state(params, txs), batch, key)
+  new_state, metrics = step(aae.create_state(params, txs), batch, key)
 
   x = batch['image']
   labels = batch['label'] if num_classes else None
-  prior_obj = adversarial.Prior(prior, 2, num_components=3)
+  prior_obj = Prior(prior, 2, num_components=3)
   step_key = jax.random.fold_in(key, 0)
   z_prior = prior_obj.sample(step_key, 6, labels) if num_classes else prior_obj.sample(
       step_key, 6)
@@ -269,38 +280,127 @@ def test_step_equals_three_sequential_gradient_steps(num_classes):
 def test_conditional_discriminator_needs_the_mixture_and_labels():
   model, batch, _ = _tiny(num_classes=3)
   with pytest.raises(ValueError, match='needs prior="mixture"'):
-    adversarial.make_aae_objective(model, prior='gaussian')
+    aae.make_objective(model, prior='gaussian')
   with pytest.raises(ValueError, match='must equal model.num_classes'):
-    adversarial.make_aae_objective(model, prior='mixture', num_components=10)
-  objective = adversarial.make_aae_objective(model, prior='mixture', num_components=3)
+    aae.make_objective(model, prior='mixture', num_components=10)
+  objective = aae.make_objective(model, prior='mixture', num_components=3)
   params = {'params': model.init(jax.random.key(1), batch['image'])['params']}
   with pytest.raises(ValueError, match=r"batch\['label'\]"):
     objective(params, {'image': batch['image']}, jax.random.key(0))
 
 
+def test_stage_step_is_pure_and_folds_the_step_into_the_key():
+  """The contract of `ae_jax.recipes.base` (the loop passes one key every step)."""
+  stage = aae.make_stage(aae_config.get_config('smoke'), 'model', {})
+  state = jax.jit(stage.init)(jax.random.key(0))
+  again = jax.jit(stage.init)(jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal, state, again)
+  assert set(state.opt_state) == {'recon', 'disc', 'gen'}
+  batch = jax.tree.map(jnp.asarray, next(stage.train_data(0)))
+  step = jax.jit(stage.train_step)
+  key = jax.random.key(1)
+  first, metrics = step(state, batch, key)
+  second, _ = step(state, batch, key)
+  jax.tree.map(np.testing.assert_array_equal, first, second)
+  assert int(first.step) == 1
+  # Same parameters and batch at another step: other prior samples, another disc loss.
+  _, later = step(state.replace(step=jnp.asarray(5, jnp.int32)), batch, key)
+  assert float(later['recon']) == float(metrics['recon'])
+  assert float(later['disc_loss']) != float(metrics['disc_loss'])
+
+
 # ----------------------------------------------------------------------------
-# Learning on MNIST and the runner.
+# pmap on two fake devices.
+# ----------------------------------------------------------------------------
+
+
+def _pmap_report(num_steps: int = 3) -> dict[str, float]:
+  """`num_steps` steps of the pmap step and of the one-device step from one state and
+  the same batches: the largest differences in params, optimizer states and metrics."""
+  from ae_jax import parallel  # pylint: disable=g-import-not-at-top
+  out = {'device_count': jax.local_device_count()}
+  rng = np.random.default_rng(0)
+  batches = [{'image': rng.uniform(size=(6, 4, 4, 1)).astype(np.float32),
+              'label': np.array([0, 1, 2, -1, 1, 0], np.int32)} for _ in range(num_steps)]
+  key = jax.random.key(7)
+  for num_classes in (0, 3):
+    model, _, params = _tiny(num_classes)
+    hp = dict(prior='mixture' if num_classes else 'gaussian', num_components=3)
+    # SGD with momentum: a state per phase, and summation-order noise stays small
+    # (Adam would blow it up on near-zero gradients).
+    txs = {p: optax.sgd(lr, momentum=0.9) for p, lr in
+           (('recon', 0.1), ('disc', 0.05), ('gen', 0.02))}
+    single = jax.jit(aae.train_step_fn(model, txs, **hp))
+    mapped = parallel.pmap_train_step(aae.train_step_fn(model, txs, axis_name='batch', **hp),
+                                      'batch', donate=False)
+    state = aae.create_state(params, txs)
+    replicas = parallel.replicate(state)
+    for batch in batches:
+      state, metrics = jax.block_until_ready(single(state, batch, key))
+      replicas, replica_metrics = jax.block_until_ready(
+          mapped(replicas, parallel.split_batch(batch), key))
+    pmapped = parallel.unreplicate(replicas)
+    name = f'classes{num_classes}'
+    out[f'{name}_step'] = int(pmapped.step)
+    out[f'{name}_moved'] = helpers.max_abs_diff(state.params, params)
+    out[f'{name}_params'] = helpers.max_abs_diff(pmapped.params, state.params)
+    out[f'{name}_opt_state'] = helpers.max_abs_diff(pmapped.opt_state, state.opt_state)
+    out[f'{name}_metrics'] = helpers.max_abs_diff(parallel.unreplicate(replica_metrics),
+                                                  metrics)
+  return out
+
+
+def test_pmap_step_on_two_devices_equals_the_one_device_step(tmp_path):
+  """On 2 fake devices (a subprocess: the flag must precede JAX) the pmap step, whose
+  replicas keep their rows of the global batch's prior samples, follows the jitted
+  one-device step up to float summation order."""
+  env = dict(helpers.env_with_devices(2), PYTHONPATH=os.pathsep.join(
+      [helpers.REPO, os.path.dirname(os.path.abspath(__file__))]))
+
+  def run(root):
+    del root
+    try:
+      result = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=helpers.REPO,
+                              env=env, capture_output=True, text=True, timeout=240, check=False)
+    except subprocess.TimeoutExpired as e:
+      raise helpers.Hang(str(e)) from e
+    if result.returncode == -signal.SIGABRT:
+      raise helpers.Hang(result.stderr[-3000:])
+    return result
+
+  result = helpers.with_one_retry(run, tmp_path)
+  assert result.returncode == 0, result.stderr[-4000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  print(report)
+  assert report['device_count'] == 2
+  for name in ('classes0', 'classes3'):
+    assert report[f'{name}_step'] == 3
+    assert report[f'{name}_moved'] > 1e-2  # The steps did move the parameters.
+    assert report[f'{name}_params'] < 1e-5, report
+    assert report[f'{name}_opt_state'] < 1e-5, report
+    assert report[f'{name}_metrics'] < 1e-5, report
+
+
+# ----------------------------------------------------------------------------
+# Learning on MNIST and the recipe.
 # ----------------------------------------------------------------------------
 
 
 def test_recon_falls_and_codes_approach_the_prior_on_mnist():
   """300 steps of the default config (Gaussian prior) on the MNIST 5k subset: the
   test reconstruction loss and the MMD² of test codes to the prior both fall."""
-  config = aae_config.get_config()
-  model = build.build_model(config.model)
-  trainer = build.build_trainer(model, config)
-  objective = jax.jit(build.build_objective('aae', model, config.loss))
+  stage = aae.make_stage(aae_config.get_config(), 'model', {})
+  evaluate = jax.jit(stage.eval_step)
+  step = jax.jit(stage.train_step, donate_argnums=(0,))
   test_x, _ = data.load_arrays('mnist5k', 'test')
   test_batch = {'image': jnp.asarray(test_x)}
-  params = {'params': model.init(jax.random.key(0), test_batch['image'][:1])['params']}
-  state = trainer.create_state(params)
-  step = trainer.make_train_step()
+  state = jax.jit(stage.init)(jax.random.key(0))
   eval_key = jax.random.key(1)
-  _, before = objective(state.params, test_batch, eval_key)
-  batches = data.batches('mnist5k', 'train', batch_size=128, seed=0)
+  before = evaluate(state, test_batch, eval_key)
+  batches = stage.train_data(0)
   for _ in range(300):
-    state, metrics = step(state, next(batches), jax.random.key(2))
-  _, after = objective(state.params, test_batch, eval_key)
+    state, metrics = step(state, jax.tree.map(jnp.asarray, next(batches)), jax.random.key(2))
+  after = evaluate(state, test_batch, eval_key)
   print({k: (float(before[k]), float(after[k])) for k in ('recon', 'mmd')})
   assert float(after['recon']) < 0.8 * float(before['recon'])
   assert float(after['mmd']) < 0.25 * float(before['mmd'])
@@ -308,13 +408,17 @@ def test_recon_falls_and_codes_approach_the_prior_on_mnist():
 
 
 def test_conditional_smoke_run_writes_the_figures(tmp_path):
-  """The label-conditioned variant through the runner (aae.py:smoke, the Gaussian
-  prior, runs in tests/runner_test.py)."""
-  metrics = runner.train_and_evaluate(aae_config.get_config('smoke,conditional'), str(tmp_path))
+  """The label-conditioned variant through `training.train_and_evaluate` (aae.py:smoke,
+  the Gaussian prior, is the contract test's case)."""
+  config = aae_config.get_config('smoke,conditional')
+  metrics = training.train_and_evaluate(config, str(tmp_path))
   assert {'recon', 'mmd', 'disc_loss', 'gen_loss', 'disc_accuracy'} <= set(metrics)
-  for name in ('reconstructions.png', 'samples.png', 'aae_latent.png', 'latent_map.png'):
+  for name in ('reconstructions.png', 'samples.png', 'aae_latent.png', 'latent_map.png',
+               'training_curves.png'):
     assert (tmp_path / 'figures' / name).stat().st_size > 1000, name
-  assert set(_restore(tmp_path)['opt_state']) == {'recon', 'disc', 'gen'}
+  state = training.restore(config, str(tmp_path))['model'].state
+  assert set(state.opt_state) == {'recon', 'disc', 'gen'}
+  assert int(state.step) == config.train.num_train_steps
 
 
 @pytest.mark.slow
@@ -322,38 +426,35 @@ def test_resumed_run_ends_bitwise_equal(tmp_path):
   """Steps 4..6 redone from the step-3 checkpoint land exactly on the step-6 state:
   the three optimizer states, the step and the data order survive the checkpoint."""
   config = aae_config.get_config('smoke,conditional')
-  runner.train_and_evaluate(config, str(tmp_path))
-  straight = _restore(tmp_path)
-  shutil.rmtree(tmp_path / 'checkpoints' / '6')
-  runner.train_and_evaluate(config, str(tmp_path))
-  jax.tree.map(np.testing.assert_array_equal, straight, _restore(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
+  straight = training.restore(config, str(tmp_path))['model'].state
+  shutil.rmtree(tmp_path / 'model' / 'checkpoints' / '6')
+  training.train_and_evaluate(config, str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, straight,
+               training.restore(config, str(tmp_path))['model'].state)
 
 
-def _restore(workdir):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  manager = ocp.CheckpointManager(str(workdir / 'checkpoints'))
-  state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
-  manager.close()
-  return {'params': state['params'], 'opt_state': state['opt_state']}
-
-
-def test_config_arguments_and_bad_settings(tmp_path, monkeypatch):
+def test_config_arguments_and_bad_settings():
   assert aae_config.get_config('mixture').loss.prior == 'mixture'
   assert aae_config.get_config('smoke,conditional').model.num_classes == 10
   with pytest.raises(ValueError, match="Unknown config argument 'swiss'"):
     aae_config.get_config('swiss')
   config = aae_config.get_config('smoke')
   config.disc_optim.learning_rate = -1.0
-  with pytest.raises(ValueError, match='config.disc_optim: optim.learning_rate must be > 0'):
-    runner.train_and_evaluate(config, str(tmp_path / 'lr'))
+  with pytest.raises(ValueError, match=r'config\.disc_optim\.learning_rate must be > 0'):
+    training.validate(config)
   config = aae_config.get_config('smoke')
   config.loss.prior = 'laplace'
   with pytest.raises(ValueError, match="Unknown prior 'laplace'"):
-    runner.train_and_evaluate(config, str(tmp_path / 'prior'))
-  monkeypatch.setattr(runner.jax, 'device_count', lambda: 2)
-  with pytest.raises(ValueError, match="'aae' trains on one device only; got 2 devices"):
-    runner.train_and_evaluate(aae_config.get_config('smoke'), str(tmp_path / 'devices'))
-  assert not (tmp_path / 'lr' / 'checkpoints').exists()
+    training.validate(config)
+  config = aae_config.get_config('smoke,conditional')
+  config.loss.prior = 'gaussian'
+  with pytest.raises(ValueError, match='needs prior="mixture"'):
+    training.validate(config)
+  config = aae_config.get_config('smoke')
+  config.model.name = 'mlp_ae'
+  with pytest.raises(ValueError, match="'mlp_ae' is not a model of this recipe"):
+    training.validate(config)
 
 
 @pytest.mark.slow
@@ -361,14 +462,17 @@ def test_labelled_codes_land_in_their_own_component(tmp_path):
   """The conditional default config (3,000 steps): most test codes lie nearest the
   mean of their own class's mixture component (chance: 10%), and the codes match the
   prior in MMD. Seen once at 0.83 of test codes and MMD² 0.007."""
-  from ae_jax.applications import common  # pylint: disable=g-import-not-at-top
   config = aae_config.get_config('conditional')
   config.train.progress_bar = False
-  metrics = runner.train_and_evaluate(config, str(tmp_path))
-  model, variables = common.restore_variables(config, str(tmp_path))
+  metrics = training.train_and_evaluate(config, str(tmp_path))
+  model, variables = training.restore_variables(config, str(tmp_path))
   x, y = data.load_arrays('mnist5k', 'test')
   z = np.asarray(model.apply(variables, x, method=model.encode))
-  means = adversarial.Prior('mixture', 2).means()
+  means = Prior('mixture', 2).means()
   nearest = np.argmin(((z[:, None] - means[None]) ** 2).sum(-1), 1)
   assert np.mean(nearest == y) > 0.6, np.mean(nearest == y)
   assert metrics['mmd'] < 0.03, metrics
+
+
+if __name__ == '__main__':
+  print(json.dumps(_pmap_report()))

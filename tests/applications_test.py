@@ -1,6 +1,7 @@
 """Applications: latent paths in closed form, the IWAE estimate, anomaly metrics by hand,
 embeddings against an untrained model, and every application script's smoke preset."""
 
+import doctest
 import json
 import math
 import os
@@ -15,19 +16,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from ae_jax import applications
 from ae_jax import data
 from ae_jax import models
 from ae_jax import objectives
-from ae_jax import runner
-from ae_jax import train
+from ae_jax import training
 from ae_jax.applications import anomaly
-from ae_jax.applications import common
 from ae_jax.applications import embedding
 from ae_jax.applications import latent
 from experiments.configs.apps import anomaly as anomaly_config
 from experiments.configs.apps import base as apps_base
 from experiments.configs.apps import dimred as dimred_config
 
+from _app_helpers import init_variables
 from _app_helpers import train_briefly as _train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -273,14 +274,14 @@ def test_embed_shape_determinism_and_decode(index):
   model = _tiny_models()[index]
   x, _ = data.load_arrays('digits', 'test')
   x = x[:21]
-  variables = runner.init_variables(model, jnp.asarray(x[:1]), KEY)
+  variables = init_variables(model, x[:1], KEY)
   codes = embedding.embed(model, variables, x, batch_size=8)
-  expected_dim = {'ae': 3, 'vae': 3, 'vqvae': 2 * 2 * 2}[common.model_family(model)]
+  expected_dim = {'ae': 3, 'vae': 3, 'vqvae': 2 * 2 * 2}[model.family]
   assert codes.shape == (21, expected_dim) and codes.dtype == np.float32
   np.testing.assert_array_equal(codes, embedding.embed(model, variables, x, batch_size=8))
   np.testing.assert_allclose(codes, embedding.embed(model, variables, x, batch_size=64),
                              rtol=1e-5, atol=1e-6)
-  if common.model_family(model) == 'vae':
+  if model.family == 'vae':
     mean, _ = model.apply(variables, jnp.asarray(x), method='encode')
     np.testing.assert_allclose(codes, mean, rtol=1e-5, atol=1e-6)
   # Decoding the codes gives the model's own reconstruction (posterior mean, quantized z_e).
@@ -290,6 +291,16 @@ def test_embed_shape_determinism_and_decode(index):
                              recon, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(embedding.reconstruction_error(model, variables, x),
                              np.mean((recon - x).reshape(21, -1) ** 2, axis=1), rtol=1e-5)
+
+
+def test_docstring_examples():
+  for module in (applications, embedding):
+    assert doctest.testmod(module, raise_on_error=False, verbose=False).failed == 0, module
+
+
+def test_a_model_without_a_code_is_named():
+  with pytest.raises(TypeError, match=r"LadderVAE \(family 'ladder_vae'\) has no code"):
+    embedding.embed(models.LadderVAE(), {}, np.zeros((2, 28, 28, 1), np.float32))
 
 
 def test_knn_and_trustworthiness_on_known_embeddings():
@@ -306,7 +317,7 @@ def test_trained_autoencoder_beats_untrained_in_knn_accuracy():
   images, labels = data.load_arrays('mnist5k', 'train')
   test_images, test_labels = data.load_arrays('mnist5k', 'test')
   model = models.MLPAutoencoder(hidden=(128,), latent_dim=2)
-  untrained = runner.init_variables(model, jnp.asarray(images[:1]), KEY)
+  untrained = init_variables(model, images[:1], KEY)
   trained = _train(model, objectives.make_autoencoder_objective(model), images, num_steps=400)
   accuracy = {}
   for name, variables in (('untrained', untrained), ('trained', trained)):
@@ -320,7 +331,7 @@ def test_compare_with_pca_scores_pca_like_sklearn():
   images, labels = data.load_arrays('digits', 'train')
   test_images, test_labels = data.load_arrays('digits', 'test')
   model = models.MLPAutoencoder(input_dim=64, hidden=(16,), latent_dim=5)
-  variables = runner.init_variables(model, jnp.asarray(images[:1]), KEY)
+  variables = init_variables(model, images[:1], KEY)
   result = embedding.compare_with_pca(model, variables, images, labels, test_images, test_labels,
                                       trust_examples=100)
   from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
@@ -339,8 +350,9 @@ def test_compare_with_pca_scores_pca_like_sklearn():
 
 def test_app_configs_parse_their_argument_and_are_locked():
   config = dimred_config.get_config('smoke,model=vae')
-  assert config.variant == 'vae' and config.train.num_train_steps == 6
-  assert dimred_config.get_config().variant == 'undercomplete'
+  assert config.recipe == 'vae' and config.model.name == 'mlp_vae'
+  assert config.train.num_train_steps == 6
+  assert dimred_config.get_config().recipe == 'autoencoder'
   assert anomaly_config.get_config().anomaly.classes == tuple(range(10))
   with pytest.raises(AttributeError):
     config.dimred.new_field = 1
@@ -354,7 +366,7 @@ def test_app_configs_parse_their_argument_and_are_locked():
 def test_restore_rejects_a_workdir_without_checkpoints(tmp_path):
   config = ml_collections.ConfigDict(dimred_config.get_config('smoke').to_dict())
   with pytest.raises(FileNotFoundError, match='No checkpoints'):
-    common.restore_variables(config, str(tmp_path))
+    training.restore_variables(config, str(tmp_path))
 
 
 def _run_script(name, workdir, *extra, preset='smoke'):
@@ -384,7 +396,7 @@ def test_script_smoke_preset_runs_end_to_end(name, tmp_path):
   if name == 'dimred':
     assert set(metrics['autoencoder']) == set(metrics['pca'])
     assert metrics['pca']['code_dim'] == 32
-    assert 'Trained steps' in out
+    assert 'Finished [' in out
   elif name == 'anomaly':
     assert sorted(metrics['per_class']) == ['0', '1']
     assert set(metrics['mean']) == set(anomaly.SCORES)
@@ -395,12 +407,12 @@ def test_script_smoke_preset_runs_end_to_end(name, tmp_path):
 
 def test_script_restores_a_trained_run_instead_of_training(tmp_path):
   config = dimred_config.get_config('smoke')
-  runner.train_and_evaluate(config, str(tmp_path / 'trained'))
-  model, variables = common.restore_variables(config, str(tmp_path / 'trained'))
+  training.train_and_evaluate(config, str(tmp_path / 'trained'))
+  model, variables = training.restore_variables(config, str(tmp_path / 'trained'))
   test_images, _ = data.load_arrays('mnist5k', 'test')
   out = _run_script('dimred', tmp_path / 'apps', f'--model_workdir={tmp_path / "trained"}')
-  assert 'Trained steps' not in out
-  assert not (tmp_path / 'apps' / 'checkpoints').exists()
+  assert 'Finished [' not in out
+  assert not (tmp_path / 'apps' / 'model').exists()
   # The script scored the restored model: its reconstruction error is this one's.
   metrics = json.loads((tmp_path / 'apps' / 'dimred.json').read_text())
   recon = embedding.reconstruction_error(model, variables, test_images)

@@ -1,9 +1,8 @@
 """Diffusion autoencoder: schedules, forward process, DDIM, the networks, the
-objectives, the latent stage, and learning on real MNIST digits."""
+objectives, the recipe's latent stage, and learning on real MNIST digits."""
 
 import json
 import math
-import shutil
 
 import chex
 import jax
@@ -13,14 +12,18 @@ import numpy as np
 import optax
 import pytest
 
-from ae_jax import build
 from ae_jax import data
-from ae_jax import diffusion_ae
 from ae_jax import losses
 from ae_jax import models
 from ae_jax import objectives
+from ae_jax import recipes
 from ae_jax import train
+from ae_jax import training
+from ae_jax.applications import denoising
+from ae_jax.applications import diffusion as diffusion_app
 from ae_jax.models import diffusion
+from ae_jax.recipes import diffusion_ae as recipe
+from ae_jax.recipes.base import Trained
 from experiments.configs import diffusion_ae as diffusion_ae_config
 
 LINEAR_1000 = diffusion.alpha_bars(diffusion.beta_schedule('linear', 1000))
@@ -166,7 +169,8 @@ def test_ddim_decode_of_the_exact_predictor_for_a_point_mass_lands_on_it():
 # Networks and objectives.
 # ----------------------------------------------------------------------------
 
-TINY = dict(latent_dim=4, channels=(8, 16), encoder_channels=(8, 16), time_embed_dim=16,
+# One U-Net level, for compile time; `trained` below has two (downsampling and skips).
+TINY = dict(latent_dim=4, channels=(8,), encoder_channels=(8,), time_embed_dim=16,
             num_timesteps=100, num_ddim_steps=4)
 
 
@@ -189,7 +193,7 @@ def test_model_shapes_and_a_fresh_model_predicts_zero_noise(tiny):
   assert out.eps.shape == x.shape and out.z_sem.shape == (3, 4)
   # The output convolution starts at zero (Ho et al.'s U-Net does the same).
   np.testing.assert_array_equal(out.eps, 0.0)
-  out = diffusion_ae.reconstruct(model, variables, x, jax.random.key(0))
+  out = diffusion_app.reconstruct(model, variables, x, jax.random.key(0))
   assert out['x_T'].shape == out['ddim'].shape == out['zsem_only'].shape == x.shape
   with pytest.raises(ValueError, match='Expected images'):
     model.apply(variables, x[0], method=model.encode)
@@ -228,16 +232,22 @@ def test_objective_of_a_fresh_model_is_the_mean_square_of_its_noise(tiny):
     objectives.make_diffusion_ae_objective(models.MLPAutoencoder())
 
 
-def test_build_registers_the_variant():
+def test_the_recipe_builds_the_model_and_names_its_stages():
   config = diffusion_ae_config.get_config('smoke')
-  model = build.build_model(config.model)
-  assert isinstance(model, models.DiffusionAutoencoder) and model.channels == (8, 16)
-  build.build_objective(config.variant, model, config.loss)
+  assert recipes.get(config.recipe) is recipe
+  recipe.validate(config)
+  assert recipe.stages(config) == ('model', 'latent')
+  stage = recipe.make_stage(config, 'model', {})
+  assert isinstance(stage.model, models.DiffusionAutoencoder) and stage.model.channels == (8,)
+  config.diffusion.latent.num_train_steps = 0
+  assert recipe.stages(config) == ('model',)
 
 
 @pytest.mark.parametrize('field, value, match', [
     ('num_eval_examples', 0, 'num_eval_examples'),
+    ('num_interpolation_points', 1, 'num_interpolation_points'),
     ('latent.num_train_steps', -1, 'num_train_steps'),
+    ('latent.eval_every_steps', 0, 'eval_every_steps'),
     ('latent.schedule', 'square', 'Unknown noise schedule'),
     ('latent.num_sampling_steps', 5000, 'num_steps'),
 ])
@@ -249,15 +259,7 @@ def test_bad_diffusion_settings_are_rejected_by_name(field, value, match):
     section = section[parent]
   section[name] = value
   with pytest.raises(ValueError, match=match):
-    diffusion_ae.validate_config(config)
-
-
-def test_psnr_closed_form():
-  x = np.zeros((2, 4, 4, 1))
-  y = x.copy()
-  y[0] += 0.1  # MSE 0.01 → 20 dB.
-  y[1, 0, 0] = 2.0  # Clipped to 1: MSE 1/16 → 10 log10(16) dB.
-  np.testing.assert_allclose(diffusion_ae.psnr(y, x), [20.0, 10 * math.log10(16)], rtol=1e-9)
+    recipe.validate(config)
 
 
 # ----------------------------------------------------------------------------
@@ -298,33 +300,94 @@ def test_loss_falls_on_real_digits(trained):
   assert after < 0.15 * before, (before, after)
 
 
+def _psnr(reconstructions, x):
+  return denoising.psnr(np.asarray(x), np.clip(np.asarray(reconstructions), 0.0, 1.0))
+
+
 def test_ddim_encode_decode_of_real_test_digits_reaches_30_db(trained):
   """The must-hold: DDIM (100 steps each way) round trip of held-out digits ≥ 30 dB."""
   model, variables, _, _ = trained
   x = jnp.asarray(data.load_arrays('mnist5k', 'test')[0][:8])
-  out = diffusion_ae.reconstruct(model, variables, x, jax.random.key(1), num_steps=100)
-  values = diffusion_ae.psnr(np.asarray(out['ddim']), np.asarray(x))
+  out = diffusion_app.reconstruct(model, variables, x, jax.random.key(1), num_steps=100)
+  values = _psnr(out['ddim'], x)
   assert values.min() >= 30.0, values
   # Decoding z_sem from a fresh x_T loses the details x_T carried: far below.
-  assert diffusion_ae.psnr(np.asarray(out['zsem_only']), np.asarray(x)).mean() < values.mean() - 5
+  assert _psnr(out['zsem_only'], x).mean() < values.mean() - 5
 
 
-def test_latent_stage_resumes_from_its_checkpoint_bitwise(tiny, tmp_path):
+# ----------------------------------------------------------------------------
+# The latent stage.
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def latent_run(tiny, tmp_path_factory):
+  """The recipe's latent stage fitted by the loop on the tiny model's codes."""
   model, variables, _ = tiny
   config = diffusion_ae_config.get_config('smoke')
-  config.data.eval_batch_size = 1000  # Fewer encoder calls over the 4000 training digits.
-  run = lambda workdir: diffusion_ae.train_latent_prior(
-      config, model, variables, str(workdir), encoder_step=7)
-  whole, _ = run(tmp_path / 'whole')
-  # An interruption after the step-3 save: drop the later checkpoint and run again.
-  interrupted = tmp_path / 'interrupted'
-  run(interrupted)
-  shutil.rmtree(interrupted / 'latent_checkpoints' / 'encoder_7' / '6')
-  resumed, _ = run(interrupted)
-  chex.assert_trees_all_equal(resumed.params, whole.params)
-  lines = (interrupted / 'latent_metrics.jsonl').read_text().splitlines()
-  assert [json.loads(line)['step'] for line in lines] == [2, 4, 6]
-  loaded = diffusion_ae.load_latent_prior(config, model, str(interrupted), 7)
-  chex.assert_trees_all_equal(loaded.params, whole.params)
-  np.testing.assert_allclose(loaded.mean, whole.mean)
-  assert diffusion_ae.load_latent_prior(config, model, str(interrupted), 8) is None
+  config.model.update(TINY)
+  config.data.eval_batch_size = 500  # Fewer encoder calls over the 4000 training digits.
+  model_stage = recipe.make_stage(config, 'model', {})
+  assert model_stage.model == model
+  encoder = Trained(stage=model_stage, state=train.create_train_state(variables, optax.sgd(0.0)),
+                    metrics={}, workdir='', eval_key=jax.random.key(0))
+  stage = recipe.make_stage(config, 'latent', {'model': encoder})
+  workdir = tmp_path_factory.mktemp('latent')
+  return config, encoder, stage, training.fit(stage, str(workdir)), workdir
+
+
+def test_latent_stage_fits_the_frozen_codes_and_keeps_their_normalisation(tiny, latent_run):
+  model, variables, _ = tiny
+  config, _, stage, fitted, workdir = latent_run
+  codes = recipe.encode_split(model, variables, config, 'train')
+  assert codes.shape == (len(data.load_arrays('mnist5k', 'train')[0]), TINY['latent_dim'])
+  norm = fitted.state.model_state[recipe.NORM]
+  np.testing.assert_allclose(norm['mean'], codes.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(norm['std'], codes.std(0) + 1e-6, rtol=1e-5)
+  # Batches are a function of the step: resuming at step 3 sees the 4th batch.
+  batches = stage.train_data(0)
+  fourth = [next(batches) for _ in range(4)][-1]
+  chex.assert_trees_all_equal(next(stage.train_data(3)), fourth)
+  # Each row is a training code, drawn with replacement.
+  z = fourth['z']
+  assert z.shape == (config.diffusion.latent.batch_size, TINY['latent_dim'])
+  assert np.all(np.any(np.all(z[:, None] == codes[None], -1), -1))
+  # The eval data hold every test code once; padding rows carry mask 0.
+  evals = list(stage.eval_data())
+  mask = np.concatenate([b['mask'] for b in evals]) > 0
+  np.testing.assert_array_equal(np.concatenate([b['z'] for b in evals])[mask],
+                                recipe.encode_split(model, variables, config, 'test'))
+  with open(workdir / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  assert [(r['split'], r['step']) for r in records] == [
+      ('train', 2), ('eval', 3), ('train', 4), ('train', 6), ('eval', 6)]
+  # A fresh denoiser predicts ε = 0 (zero output layer), which scores E[ε²] = 1; three
+  # small Adam steps later the loss over 1000 test codes x 4 dimensions (standard error
+  # of the mean of ε² about 0.02) has barely moved.
+  assert records[1]['loss'] == pytest.approx(1.0, abs=0.1)
+  assert fitted.metrics['loss'] == pytest.approx(records[-1]['loss'])
+
+
+def test_a_restored_latent_prior_reads_no_data_and_samples(tiny, latent_run, monkeypatch):
+  model, variables, x = tiny
+  config, encoder, _, fitted, workdir = latent_run
+
+  def no_data(*args, **kwargs):
+    raise AssertionError('restoring the latent stage encoded a split')
+
+  monkeypatch.setattr(recipe, 'encode_split', no_data)
+  stage = recipe.make_stage(config, 'latent', {'model': encoder})
+  mngr = training.checkpoint.manager(str(workdir), create=False)
+  try:
+    state = training.checkpoint.restore(mngr, jax.jit(stage.init)(jax.random.key(0)))
+  finally:
+    mngr.close()
+  chex.assert_trees_all_equal(jax.device_get(state), fitted.state)
+  prior = recipe.latent_prior(config, Trained(stage=stage, state=state, metrics={},
+                                              workdir=str(workdir), eval_key=jax.random.key(0)))
+  np.testing.assert_array_equal(prior.mean, fitted.state.model_state[recipe.NORM]['mean'])
+  samples = np.asarray(diffusion_app.sample(model, variables, prior, jax.random.key(3), 3,
+                                            x.shape[1:]))
+  # x̂_0 is clipped at every DDIM step, the last one included: samples lie in [0, 1].
+  assert samples.shape == (3, *x.shape[1:])
+  assert np.all(samples >= 0.0) and np.all(samples <= 1.0)

@@ -1,6 +1,7 @@
 """Disentanglement: the shapes data set, the five metrics on representations whose
 scores are known (the factors themselves, a constant, noise), the β-TCVAE
-decomposition by hand, and a trained β-VAE against an untrained encoder."""
+decomposition by hand, the `tcvae` recipe, and a β-VAE trained by it against
+an untrained encoder."""
 
 import json
 import math
@@ -9,17 +10,14 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from ae_jax import data
 from ae_jax import models
-from ae_jax import objectives
-from ae_jax import runner
-from ae_jax import train
+from ae_jax import training
 from ae_jax.applications import disentanglement as dis
 from ae_jax.applications import tcvae
 from ae_jax.data import shapes
+from ae_jax.recipes import tcvae as tcvae_recipe
 from experiments import disentangle as disentangle_script
 from experiments.configs.apps import disentangle as disentangle_config
 
@@ -244,8 +242,8 @@ def test_tcvae_objective_reports_its_terms_and_trains():
   model = models.MLPVAE(input_dim=1024, hidden=(64,), latent_dim=4)
   objective = tcvae.make_tcvae_objective(model, dataset_size=len(images), beta=6.0)
   key = jax.random.key(0)
-  variables = runner.init_variables(model, jnp.asarray(images[:1]), key)
-  loss, metrics = objective({'params': variables['params']}, {'image': images[:32]}, key)
+  variables = model.init(key, jnp.asarray(images[:1]), key)
+  loss, metrics = objective(variables, {'image': images[:32]}, key)
   assert {'recon', 'mi', 'tc', 'dwkl', 'kl', 'kl_closed_form', 'loss'} <= set(metrics)
   np.testing.assert_allclose(
       metrics['loss'], metrics['recon'] + metrics['mi'] + 6.0 * metrics['tc'] + metrics['dwkl'],
@@ -260,23 +258,66 @@ def test_tcvae_objective_reports_its_terms_and_trains():
 
 
 # ----------------------------------------------------------------------------
-# Learning.
+# The recipe.
 
 
-def test_trained_beta_vae_scores_above_an_untrained_encoder(grid):
-  model = models.MLPVAE(input_dim=1024, hidden=(256, 128), latent_dim=6)
-  key = jax.random.key(0)
-  variables = runner.init_variables(model, jnp.asarray(grid.images[:1]), key)
-  untrained = {'params': variables['params']}
+def test_recipe_objective_is_the_config_s_with_n_from_the_data(grid):
+  config = disentangle_config.get_config('smoke')
+  assert (config.recipe, config.loss.objective, config.loss.beta) == ('tcvae', 'tcvae', 6.0)
+  assert tcvae_recipe.dataset_size(config) == len(grid) == 6144
+  stage = tcvae_recipe.make_stage(config, 'model', {})
+  state = jax.jit(stage.init)(jax.random.key(0))
+  batch = next(stage.eval_data())
+  key = jax.random.key(3)
+  metrics = jax.jit(stage.eval_step)(state, batch, key)
+  # The same objective built by hand with N = 6,144 and β = 6 (α = γ = 1).
+  objective = tcvae.make_tcvae_objective(stage.model, dataset_size=6144, beta=6.0)
+  _, want = objective(state.params, batch, key)
+  for name in ('loss', 'recon', 'mi', 'tc', 'dwkl'):
+    np.testing.assert_allclose(metrics[name], want[name], rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(
+      metrics['loss'], metrics['recon'] + metrics['mi'] + 6.0 * metrics['tc'] + metrics['dwkl'],
+      rtol=1e-5)
+  config.loss.objective = 'vae'  # β on the whole KL, no decomposition.
+  metrics = jax.jit(tcvae_recipe.make_stage(config, 'model', {}).eval_step)(state, batch, key)
+  assert 'tc' not in metrics
+  np.testing.assert_allclose(metrics['loss'], metrics['recon'] + 6.0 * metrics['kl'], rtol=1e-5)
+  config.loss.objective = 'factor_vae'
+  with pytest.raises(ValueError, match="objective='factor_vae' is unknown"):
+    training.validate(config)
+
+
+def test_runs_of_one_seed_start_from_the_same_variables():
+  config = disentangle_config.get_config('smoke')
+  start = {(name, seed): tcvae_recipe.initial_variables(
+      disentangle_script.run_config(config, name, seed))[1]
+           for name in ('vae', 'beta_tcvae_6') for seed in (0, 1)}
+  chex.assert_trees_all_equal(start['vae', 0], start['beta_tcvae_6', 0])
+  chex.assert_trees_all_equal(start['vae', 1], start['beta_tcvae_6', 1])
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_equal(start['vae', 0], start['vae', 1])
+  tc1 = disentangle_script.run_config(config, 'beta_tcvae_6', 1)
+  assert (tc1.loss.objective, tc1.loss.beta, tc1.train.seed, tc1.data.shuffle_seed) == (
+      'tcvae', 6.0, 1, config.data.shuffle_seed + 1)
+
+
+def test_trained_beta_vae_scores_above_an_untrained_encoder(grid, tmp_path):
+  config = disentangle_config.get_config('smoke')
+  config.model.hidden = (256, 128)
+  config.model.latent_dim = 6
+  config.loss.objective, config.loss.beta = 'vae', 4.0
+  config.optim.learning_rate = 2e-3
+  config.data.batch_size = 64
+  config.train.num_train_steps = 1500
+  config.train.log_every_steps = 500
+  config.train.eval_every_steps = 1500
+  config.train.checkpoint_every_steps = 1500
+  model, untrained = tcvae_recipe.initial_variables(config)
   before = dis.evaluate(dis.representation_table(model, untrained, grid.images), grid,
                         num_train=1000, num_eval=500)
-  tx = optax.adam(2e-3)
-  state = train.create_train_state(untrained, tx)  # Donated to the step from here on.
-  step = train.make_train_step(objectives.make_vae_objective(model, beta=4.0), tx)
-  batches = data.batches((grid.images,), batch_size=64, seed=0)
-  for _ in range(1500):
-    state, _ = step(state, next(batches), key)
-  after = dis.evaluate(dis.representation_table(model, state.params, grid.images), grid,
+  training.train_and_evaluate(config, str(tmp_path))
+  model, variables = training.restore_variables(config, str(tmp_path))
+  after = dis.evaluate(dis.representation_table(model, variables, grid.images), grid,
                        num_train=1000, num_eval=500)
   assert after['mig'] > before['mig'] + 0.05, (before, after)
   mean = lambda s: np.mean([s[name] for name in dis.SCORES])
@@ -310,3 +351,7 @@ def test_smoke_preset_runs_end_to_end(tmp_path):
   assert '| beta_vae_8 |' in (tmp_path / 'disentanglement.md').read_text()
   for name in ('vae', 'beta_vae_4', 'beta_vae_8', 'beta_tcvae_6'):
     assert (tmp_path / 'figures' / f'traversals_{name}.png').stat().st_size > 1000
+    # Every model trained through the loop into its own run directory.
+    assert training.checkpoint.latest_step(str(tmp_path / f'{name}_seed0' / 'model')) == 6
+  assert {'recon', 'kl', 'loss'} <= set(summary['runs']['vae']['per_seed'][0]['final_metrics'])
+  assert 'tc' in summary['runs']['beta_tcvae_6']['per_seed'][0]['final_metrics']

@@ -15,10 +15,10 @@ import pytest
 from ae_jax import data
 from ae_jax import models
 from ae_jax import objectives
-from ae_jax import train
 from ae_jax.applications import inpainting
 from experiments.configs.apps import inpaint as inpaint_config
 
+from _app_helpers import init_variables
 from _app_helpers import train_briefly as _train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,8 +123,7 @@ def digits():
 ], ids=['ae', 'vae'])
 @pytest.mark.parametrize('spec', ['pixels:0.6', 'box:4'])
 def test_fills_never_change_observed_pixels(model, spec, digits):
-  variables = model.init(jax.random.key(0), jnp.asarray(digits[:1]), *(
-      [jax.random.key(1)] if isinstance(model, models.MLPVAE) else []))
+  variables = init_variables(model, digits[:1], jax.random.key(0))
   missing = inpainting.make_mask(digits, spec, seed=3)
   pixel_mean = inpainting.pixel_mean(digits)
   fills = [
@@ -133,7 +132,7 @@ def test_fills_never_change_observed_pixels(model, spec, digits):
       inpainting.iterative_fill(model, variables, digits, missing, num_iterations=3,
                                 pixel_mean=pixel_mean, batch_size=16),
   ]
-  if isinstance(model, models.MLPVAE):
+  if model.family == 'vae':
     fills.append(inpainting.latent_fill(model, variables, digits, missing, jax.random.key(2),
                                         num_steps=3, num_starts=3, batch_size=16))
   else:

@@ -14,8 +14,8 @@ import pytest
 from ae_jax import likelihood
 from ae_jax import models
 from ae_jax import objectives
-from ae_jax import runner
 from ae_jax import train
+from ae_jax import training
 from experiments import likelihood as likelihood_script
 from experiments.configs import ladder_vae as ladder_config
 
@@ -100,7 +100,7 @@ def test_one_sample_is_the_single_sample_elbo(name, images):
   np.testing.assert_allclose(estimate, by_hand(x), rtol=1e-5)
 
 
-# ConvVAE shares the one-layer code path with MLPVAE (`likelihood._gaussian_vae_fns`).
+# ConvVAE shares the one-layer code path with MLPVAE (`models.vae.gaussian_log_weight_terms`).
 @pytest.mark.parametrize('name', ['mlp_vae', 'ladder_vae'])
 def test_chunked_equals_unchunked(name, images):
   x = jnp.asarray(images[:5])
@@ -178,6 +178,9 @@ def test_bad_inputs_name_the_problem(images):
   with pytest.raises(ValueError, match=r'must lie in \[0, 1\]'):
     likelihood.evaluate_log_likelihood(model, variables, images[:2] * 2.0, KEY, num_samples=2)
   autoencoder = models.MLPAutoencoder()
+  # A model is scored through its own importance_* and log_weight_terms methods.
+  assert all(likelihood.supports(make()) for make in MODELS.values())
+  assert not likelihood.supports(autoencoder)
   with pytest.raises(ValueError, match='MLPAutoencoder has no Gaussian posterior'):
     likelihood.evaluate_log_likelihood(autoencoder, {}, images[:2], KEY, num_samples=2)
   with pytest.raises(ValueError, match='Got 3 keys for a batch of 2'):
@@ -210,12 +213,12 @@ def test_iwae_objective_is_the_negated_bound_and_its_loss_falls(images):
 
 
 @pytest.mark.slow
-def test_likelihood_script_scores_a_runner_checkpoint(tmp_path):
+def test_likelihood_script_scores_a_trained_run(tmp_path):
   config = ladder_config.get_config('smoke')
   config.train.num_train_steps = 20
   config.train.checkpoint_every_steps = 20
   config.train.eval_every_steps = 20
-  runner.train_and_evaluate(config, str(tmp_path))
+  training.train_and_evaluate(config, str(tmp_path))
   assert (tmp_path / 'figures' / 'kl_per_layer.png').stat().st_size > 1000
   assert (tmp_path / 'figures' / 'samples.png').stat().st_size > 1000
   summary = likelihood_script.run(config, str(tmp_path), num_samples=20, num_examples=12,

@@ -1,5 +1,7 @@
 """Tests for ae_jax.models."""
 
+import dataclasses
+
 from absl.testing import parameterized
 import chex
 import jax
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 
 from ae_jax import models
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 
 def _images(shape, seed=0):
@@ -171,7 +173,7 @@ class ConvVAETest(chex.TestCase):
     chex.assert_tree_all_finite(out)
     mean, log_var = model.apply(variables, x, method=model.encode)
     np.testing.assert_allclose(
-        out.z, ae_nn.reparameterize(key, mean, log_var), rtol=1e-5, atol=1e-6)
+        out.z, layers.reparameterize(key, mean, log_var), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         model.apply(variables, out.z, method=model.decode), out.logits,
         rtol=1e-5, atol=1e-5)
@@ -281,3 +283,14 @@ class VQVAETest(chex.TestCase):
     with pytest.raises(ValueError, match='ema=True'):
       self._small(dead_code_threshold=1.0).init(
           jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+@pytest.mark.parametrize('cls, family', [
+    (models.MLPAutoencoder, 'ae'), (models.ConvAutoencoder, 'ae'), (models.MLPVAE, 'vae'),
+    (models.ConvVAE, 'vae'), (models.VQVAE, 'vqvae'), (models.LadderVAE, 'ladder_vae'),
+    (models.SequenceVAE, 'sequence_vae'),
+])
+def test_family_is_a_class_attribute_not_a_field(cls, family):
+  # The applications read `model.family`; it is no constructor argument.
+  assert cls.family == family
+  assert 'family' not in {f.name for f in dataclasses.fields(cls)}

@@ -2,7 +2,8 @@
 
 Unmarked (they run in `make test`): every committed notebook is stripped (no
 outputs, no execution counts), has its percent-format twin in notebooks/py/
-with the same cells, starts with the Colab install cell and has a `FULL` flag;
+with the same cells, starts with the Colab install cell, has a `FULL` flag and
+trains through `ae_jax.training` and the recipes, not the removed runner;
 and the plotting helpers of `ae_jax.notebook_utils`.
 
 Marked `notebooks` (`make test-notebooks`): each notebook executes top to
@@ -93,6 +94,18 @@ def test_notebook_starts_with_install_cell_and_has_full_flag(name):
   for cell in cells:
     assert not re.search(r'class \w+\((nn|linen)\.Module\)', cell.source)
     assert 'jax.value_and_grad' not in cell.source and 'jax.grad(' not in cell.source
+
+
+# The training side before `ae_jax.training` and the recipes (issue 12).
+_REMOVED = (r'\bae_jax\.(runner|build)\b', r'from ae_jax import (runner|build)\b',
+            r'\bconfig\.variant\b', r'\bbuild\.build_')
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_notebook_uses_the_training_side_of_recipes(name):
+  for cell in _code_cells(_read(name)):
+    for pattern in _REMOVED:
+      assert not re.search(pattern, cell.source), (name, pattern, cell.source[:300])
 
 
 # ----------------------------------------------------------------------------
@@ -225,6 +238,9 @@ def test_quickstart_executes_and_learns():
   assert last < 0.8 * first, (first, last)
   # A 2-D VAE on MNIST reaches ~150-170 nats; an untrained one is ~540.
   assert test_loss < 250, test_loss
+  # train_and_evaluate's work directory: the stage's and the recipe's figures.
+  assert "['figures', 'model'] ['latent_map.png', 'reconstructions.png', 'samples.png', " \
+         "'training_curves.png']" in text
   assert _num_figures(notebook) >= 6
 
 

@@ -9,13 +9,12 @@ import optax
 import pytest
 from sklearn.decomposition import PCA
 
-from ae_jax import build
 from ae_jax import data
 from ae_jax import losses
 from ae_jax import models
 from ae_jax import objectives
-from ae_jax import runner
 from ae_jax import train
+from ae_jax import training
 
 KEY = jax.random.key(0)
 
@@ -25,7 +24,8 @@ def _image_batch(batch_size=8, shape=(28, 28, 1), seed=0):
 
 
 def _init(model, batch):
-  return runner._split_variables(runner.init_variables(model, batch['image'][:1], KEY))  # pylint: disable=protected-access
+  """The variables of an autoencoder, `model(x)`, or of a VAE, `model(x, key)`."""
+  return model.init(KEY, batch['image'][:1], *([KEY] if model.family == 'vae' else []))
 
 
 def test_batch_mean_ignores_padding():
@@ -37,7 +37,7 @@ def test_batch_mean_ignores_padding():
 def test_undercomplete_objective_is_mean_bernoulli_nll():
   model = models.MLPAutoencoder()
   batch = _image_batch()
-  params, _ = _init(model, batch)
+  params = _init(model, batch)
   loss, metrics = objectives.make_autoencoder_objective(model)(params, batch, KEY)
   logits = model.apply(params, batch['image']).logits
   expected = jnp.mean(losses.bernoulli_nll(logits, batch['image']))
@@ -48,7 +48,7 @@ def test_undercomplete_objective_is_mean_bernoulli_nll():
 def test_sparse_objectives_add_their_penalties():
   model = models.MLPAutoencoder(latent_activation='sigmoid')
   batch = _image_batch()
-  params, _ = _init(model, batch)
+  params = _init(model, batch)
   plain, _ = objectives.make_autoencoder_objective(model)(params, batch, KEY)
   z = model.apply(params, batch['image']).z
   loss, metrics = objectives.make_autoencoder_objective(model, l1_weight=0.5)(params, batch, KEY)
@@ -64,7 +64,7 @@ def test_sparse_objectives_add_their_penalties():
 def test_denoising_target_is_the_clean_input():
   model = models.MLPAutoencoder()
   batch = _image_batch()
-  params, _ = _init(model, batch)
+  params = _init(model, batch)
   objective = objectives.make_denoising_objective(model, noise='masking', noise_level=0.5)
   loss, _ = objective(params, batch, KEY)
   corrupted = objectives.corruption.masking_noise(batch['image'], KEY, fraction=0.5)
@@ -90,7 +90,7 @@ def test_corruptions_stay_in_unit_interval_and_change_the_input(name):
 def test_vae_warmup_and_capacity_schedules():
   model = models.MLPVAE()
   batch = _image_batch()
-  params, _ = _init(model, batch)
+  params = _init(model, batch)
   objective = objectives.make_vae_objective(model, beta=4.0, warmup_steps=100)
   for step, expected_beta in ((0, 0.0), (50, 2.0), (100, 4.0), (1000, 4.0)):
     loss, metrics = objective(params, batch, KEY, step=step)
@@ -111,7 +111,7 @@ def test_contractive_modes_agree(mode):
   model = models.MLPAutoencoder(hidden=(32, 16), latent_dim=8, activation='sigmoid',
                                 latent_activation='sigmoid')
   batch = _image_batch(4)
-  params, _ = _init(model, batch)
+  params = _init(model, batch)
   reference, _ = objectives.make_contractive_objective(model, weight=1.0, mode='jacfwd')(
       params, batch, KEY)
   loss, metrics = objectives.make_contractive_objective(model, weight=1.0, mode=mode)(
@@ -147,17 +147,18 @@ def mnist5k():
 
 @pytest.mark.parametrize('variant', LEARNING_VARIANTS)
 def test_each_variant_learns_on_mnist_subset(variant, mnist5k):
-  """300 Adam steps on real MNIST digits lower the held-out loss by a clear margin."""
+  """300 Adam steps on real MNIST digits lower the held-out loss by a clear margin.
+
+  The model, objective and optimizer are the config's, as its recipe's first
+  stage builds them; the batches are drawn here.
+  """
   (train_x, _), (test_x, _) = mnist5k
   config = importlib.import_module(f'experiments.configs.{variant}').get_config()
-  model = build.build_model(config.model)
-  objective = build.build_objective(variant, model, config.loss)
-  tx = optax.adam(config.optim.learning_rate)
-  params, model_state = runner._split_variables(  # pylint: disable=protected-access
-      runner.init_variables(model, jnp.asarray(train_x[:1]), KEY))
-  state = train.create_train_state(params, tx, model_state)
-  step = train.make_train_step(objective, tx)
-  evaluate = train.make_eval_step(objective)
+  recipe = training.validate(config)
+  stage = recipe.make_stage(config, recipe.stages(config)[0], {})
+  state = jax.jit(stage.init)(KEY)
+  step = jax.jit(stage.train_step)
+  evaluate = jax.jit(stage.eval_step)
   test_batch = {'image': jnp.asarray(test_x[:256])}
   # Held-out loss at a fixed step, so schedules (β warm-up) do not move the target.
   before = float(evaluate(state, test_batch, KEY)['recon'])
@@ -186,7 +187,7 @@ def test_linear_autoencoder_reaches_pca_error():
       model, reconstruction='mse', output_activation='identity')
   num_steps = 3000
   tx = optax.adam(optax.cosine_decay_schedule(3e-2, num_steps, alpha=1e-3))
-  params, _ = _init(model, {'image': jnp.asarray(x)})
+  params = _init(model, {'image': jnp.asarray(x)})
   state = train.create_train_state(params, tx)
   step = train.make_train_step(objective, tx)
   batch = {'image': jnp.asarray(x)}

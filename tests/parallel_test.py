@@ -102,6 +102,14 @@ def test_pmap_stochastic_objective_uses_per_replica_keys(report):
   assert report['stochastic_pmap_vs_single'] > 1e-3
 
 
+def test_shard_train_step_of_any_pure_step_matches_single_device(report):
+  # The path `ae_jax.training.fit` takes on several devices, for a state that is
+  # not a TrainState: a dict with two optimizer states and a step counter.
+  assert report['generic_sharded_step'] == 5
+  assert report['generic_sharded_metric_keys'] == ['loss_a', 'loss_b']
+  assert report['generic_sharded_state'] <= ATOL + RTOL * report['deterministic_params_max_abs']
+
+
 def test_shard_batch_names_batch_size_and_device_count(report):
   assert report['shard_batch_error'] == (
       'Global batch size 5 is not divisible by the number of devices 2 in the mesh.'

@@ -1,30 +1,27 @@
 """Tests for the VQ-VAE's autoregressive prior: causality of the gated PixelCNN, the
-likelihood, ancestral sampling, learning on real MNIST codes, resume, and the script."""
+likelihood, ancestral sampling, the two-stage `vqvae` recipe learning on real MNIST
+codes, its resume, and the script with --model_workdir.
+
+The training contract of both stages (bitwise resume after SIGKILL and SIGTERM, NaN
+stops, two devices) is checked in tests/contract_test.py."""
 
 import itertools
 import json
-import os
 import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from scipy import stats
 
-from ae_jax import build
-from ae_jax import data
-from ae_jax import models
-from ae_jax import objectives
-from ae_jax import runner
-from ae_jax import train
+from ae_jax import training
 from ae_jax.applications import vq_prior
 from ae_jax.models import pixelcnn
+from ae_jax.recipes import vqvae as vqvae_recipe
 from experiments import vq_prior as vq_prior_script
+from experiments.configs import vqvae as vqvae_config
 from experiments.configs.apps import vq_prior as vq_prior_config
-
-import _app_helpers
 
 
 def test_shifts_move_rows_and_columns_and_fill_zeros():
@@ -107,42 +104,100 @@ def test_ancestral_samples_follow_the_model_joint():
 
 
 # ----------------------------------------------------------------------------
-# Real codes: a VQ-VAE trained briefly on the MNIST 5k subset.
+# The recipe's stages, and its checks of the `prior` section.
 # ----------------------------------------------------------------------------
 
-_PRIOR_CFG = dict(channels=32, num_layers=3, kernel_size=5, learning_rate=2e-3,
-                  batch_size=64, num_train_steps=80, eval_every_steps=40,
-                  checkpoint_every_steps=40, seed=0)
+
+def test_the_prior_is_a_stage_only_when_the_config_asks_for_it():
+  assert vqvae_recipe.stages(vqvae_config.get_config('smoke')) == ('model',)
+  config = vq_prior_config.get_config('smoke')
+  assert vqvae_recipe.stages(config) == ('model', 'prior')
+  config.prior.num_train_steps = 0
+  assert vqvae_recipe.stages(config) == ('model',)
+  for preset in ('smoke', 'default', 'colab_tpu'):
+    training.validate(vq_prior_config.get_config(preset))
+  with pytest.raises(ValueError, match="recipe 'vae'"):
+    vq_prior_config.get_config('smoke,model=vae')
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('kernel_size', 4, 'config.prior.kernel_size must be odd'),
+    ('batch_size', 5000, 'config.prior.batch_size=5000 exceeds the 4000 training grids'),
+    ('eval_batch_size', 0, 'config.prior.eval_batch_size must be > 0'),
+    ('checkpoint_every_steps', 0, 'config.prior.checkpoint_every_steps must be > 0'),
+    ('learning_rate', 0.0, 'config.prior.learning_rate must be > 0'),
+    ('temperatures', (1.0, 0.0), 'config.prior.temperatures must be > 0'),
+    ('num_train_steps', -1, 'config.prior.num_train_steps must be >= 0'),
+])
+def test_validate_rejects_bad_prior_settings(field, value, match):
+  config = vq_prior_config.get_config('smoke')
+  config.prior[field] = value
+  with pytest.raises(ValueError, match=match):
+    training.validate(config)
+
+
+def test_code_checks_reject_codes_outside_the_codebook():
+  codes = np.zeros((10, 7, 7), np.int32)
+  with pytest.raises(ValueError, match=r'must lie in \[0, 32\)'):
+    vq_prior.unigram_nats_per_code(codes + 32, codes, 32)
+  with pytest.raises(ValueError, match='int codes'):
+    vq_prior.unigram_nats_per_code(codes.astype(float), codes, 32)
+
+
+# ----------------------------------------------------------------------------
+# Real codes: a small VQ-VAE trained briefly on the MNIST 5k subset, then its
+# prior, both stages by the one loop (training.train_and_evaluate).
+# ----------------------------------------------------------------------------
+
+
+def _small_config():
+  """apps/vq_prior.py:smoke with a small VQ-VAE (40 steps) and a prior of 80 steps."""
+  config = vq_prior_config.get_config('smoke')
+  with config.unlocked():
+    config.model.update(num_codes=32, code_dim=8, hidden_channels=32, res_channels=16,
+                        num_res_blocks=1)
+  config.optim.learning_rate = 3e-3
+  config.data.batch_size = 64
+  config.train.update(num_train_steps=40, eval_every_steps=40, checkpoint_every_steps=40)
+  config.prior.update(channels=32, num_layers=3, kernel_size=5, learning_rate=2e-3,
+                      batch_size=64, eval_batch_size=500, num_train_steps=80,
+                      log_every_steps=40, eval_every_steps=40, checkpoint_every_steps=40,
+                      num_samples=6, temperatures=(1.0, 0.7))
+  return config
 
 
 @pytest.fixture(scope='module')
-def mnist_codes():
-  vqvae = models.VQVAE(num_codes=32, code_dim=8, hidden_channels=32, res_channels=16,
-                       num_res_blocks=1)
-  objective = objectives.make_vqvae_objective(vqvae, reconstruction='mse',
-                                              output_activation='identity')
-  train_x, _ = data.load_arrays('mnist5k', 'train')
-  test_x, _ = data.load_arrays('mnist5k', 'test')
-  variables = _app_helpers.train_briefly(vqvae, objective, train_x, num_steps=40)
-  train_codes = vq_prior.encode_indices(vqvae, variables, train_x)
-  test_codes = vq_prior.encode_indices(vqvae, variables, test_x)
-  return vqvae, variables, train_codes, test_codes
+def small_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('vq_prior') / 'run'
+  config = _small_config()
+  metrics = training.train_and_evaluate(config, str(workdir))
+  return config, workdir, metrics
 
 
-def test_prior_nll_falls_on_real_codes_and_its_samples_decode(mnist_codes, tmp_path):
-  vqvae, variables, train_codes, test_codes = mnist_codes
-  assert train_codes.shape == (4000, 7, 7) and test_codes.shape == (1000, 7, 7)
-  unigram = vq_prior.unigram_nats_per_code(train_codes, test_codes, 32)
-  prior, params, history = vq_prior.train_prior(_PRIOR_CFG, str(tmp_path), train_codes,
-                                                test_codes, num_codes=32)
-  start, end = history[0]['nats_per_code'], history[-1]['nats_per_code']
+def test_prior_nll_falls_on_real_codes_and_its_samples_decode(small_run):
+  config, workdir, metrics = small_run
+  saved = json.loads((workdir / 'vq_prior.json').read_text())
+  assert saved['grid'] == [7, 7] and saved['num_codes'] == 32
+  start, end = saved['prior_initial_nats_per_code'], saved['prior_nats_per_code']
+  unigram = saved['unigram_nats_per_code']
   print(f'prior test NLL {start:.3f} -> {end:.3f} nats/code; code frequencies {unigram:.3f}')
-  assert [r['step'] for r in history] == [0, 40, 80]
+  assert saved['uniform_nats_per_code'] == pytest.approx(np.log(32))
+  assert unigram < np.log(32)
   assert start > 0.9 * np.log(32)  # An untrained prior is near uniform ...
   assert end < 0.85 * unigram      # ... a trained one uses the context.
-  assert history[-1]['bits_per_image'] == pytest.approx(end * 49 / np.log(2), rel=1e-6)
+  assert saved['prior_bits_per_image'] == pytest.approx(end * 49 / np.log(2), rel=1e-6)
+  # The loop's evaluations: 500 divides the 1,000 test grids, so its mean is exact.
+  assert [r['step'] for r in saved['prior_history']] == [40, 80]
+  assert saved['prior_history'][-1]['nats_per_code'] == pytest.approx(end, rel=1e-5)
+  assert metrics['prior/nats_per_code'] == pytest.approx(end)
+  for name in ('reconstructions.png', 'latent_map.png', 'training_curves.png',
+               'vq_code_usage.png', 'vq_prior_samples.png', 'prior_training_curves.png'):
+    assert (workdir / 'figures' / name).stat().st_size > 1000, name
 
   # Its samples decode to finite images of the data's shape.
+  trained = training.restore(config, str(workdir))
+  vqvae, variables = trained['model'].stage.model, trained['model'].variables
+  prior, params = trained['prior'].stage.model, trained['prior'].state.params
   codes = vq_prior.sample_codes(prior, params, jax.random.key(0), 6, (7, 7), temperature=1.0)
   assert codes.shape == (6, 7, 7) and int(codes.min()) >= 0 and int(codes.max()) < 32
   images = vq_prior.decode_indices(vqvae, variables, np.asarray(codes))
@@ -150,64 +205,55 @@ def test_prior_nll_falls_on_real_codes_and_its_samples_decode(mnist_codes, tmp_p
   assert np.all(np.isfinite(images)) and images.min() >= 0.0 and images.max() <= 1.0
 
 
-
 @pytest.mark.slow
-def test_prior_training_resumes_exactly(mnist_codes, tmp_path):
-  """Steps 41..80 redone from the step-40 checkpoint land on the same parameters."""
-  _, _, train_codes, test_codes = mnist_codes
-  _, params, _ = vq_prior.train_prior(_PRIOR_CFG, str(tmp_path), train_codes, test_codes,
-                                      num_codes=32)
-  shutil.rmtree(tmp_path / 'checkpoints' / '80')
-  lines = []
-  _, resumed, history = vq_prior.train_prior(_PRIOR_CFG, str(tmp_path), train_codes,
-                                             test_codes, num_codes=32, print_fn=lines.append)
-  assert 'resumed' in lines[0] and 'step 40' in lines[0]
-  jax.tree.map(np.testing.assert_array_equal, params, resumed)
-  assert [r['step'] for r in history] == [0, 40, 80]
-  assert json.loads((tmp_path / 'metrics.jsonl').read_text().splitlines()[-1])['step'] == 80
-
-
-def test_prior_training_rejects_bad_codes(tmp_path):
-  codes = np.zeros((70, 7, 7), np.int32)
-  with pytest.raises(ValueError, match=r'must lie in \[0, 32\)'):
-    vq_prior.train_prior(_PRIOR_CFG, str(tmp_path), codes + 32, codes, num_codes=32)
-  with pytest.raises(ValueError, match='int codes'):
-    vq_prior.train_prior(_PRIOR_CFG, str(tmp_path), codes.astype(float), codes, num_codes=32)
-  with pytest.raises(ValueError, match='batch_size=64 exceeds the 10 training grids'):
-    vq_prior.train_prior(_PRIOR_CFG, str(tmp_path), codes[:10], codes, num_codes=32)
+def test_prior_training_resumes_exactly(small_run, tmp_path, capsys):
+  """Steps 41..80 of the prior redone from its step-40 checkpoint land on the same
+  parameters; the finished VQ-VAE is restored, not retrained."""
+  config, workdir, _ = small_run
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / 'prior' / 'checkpoints' / '80')
+  capsys.readouterr()
+  training.train_and_evaluate(config, str(copy))
+  out = capsys.readouterr().out
+  assert f'prior: resumed from {copy / "prior"}/checkpoints at step 40' in out
+  assert 'model: resumed' not in out
+  expected = training.restore(config, str(workdir))['prior'].state
+  resumed = training.restore(config, str(copy))['prior'].state
+  jax.tree.map(np.testing.assert_array_equal, expected, resumed)
+  records = (copy / 'prior' / 'metrics.jsonl').read_text().splitlines()
+  assert json.loads(records[-1])['step'] == 80
+  assert [json.loads(r)['step'] for r in records] == [40, 40, 80, 80]  # train, eval; no repeats
 
 
 def _checkpoint_untrained_vqvae(config, workdir):
-  """A runner-style checkpoint of the config's VQ-VAE at initialisation: what
+  """A checkpoint of the config's VQ-VAE stage at initialisation, in workdir/model: what
   --model_workdir restores, without compiling a training run."""
-  model = build.build_model(config.model)
-  variables = runner.init_variables(model, jnp.zeros((1, 28, 28, 1)), jax.random.key(0))
-  state = train.create_train_state(
-      {'params': variables['params']}, build.build_optimizer(config.optim),
-      {k: v for k, v in variables.items() if k != 'params'})
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  manager.save(0, args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
-  manager.close()
+  stage = vqvae_recipe.make_stage(config, 'model', {})
+  state = jax.jit(stage.init)(jax.random.key(0))
+  mngr = training.checkpoint.manager(str(workdir / 'model'))
+  training.checkpoint.save(mngr, 0, state)
+  mngr.wait_until_finished()
+  mngr.close()
 
 
 def test_script_smoke_preset_end_to_end_from_a_model_workdir(tmp_path):
-  """Stage 2 of the script on a restored VQ-VAE (stage 1 is the runner's vqvae.py:smoke,
-  run in tests/runner_test.py)."""
+  """The prior stage alone on a restored VQ-VAE (both stages of the smoke preset are
+  fitted in tests/contract_test.py)."""
   config = vq_prior_config.get_config('smoke')
-  _checkpoint_untrained_vqvae(config, str(tmp_path / 'vqvae'))
+  _checkpoint_untrained_vqvae(config, tmp_path / 'vqvae')
   metrics = vq_prior_script.run(config, str(tmp_path / 'run'), str(tmp_path / 'vqvae'))
   saved = json.loads((tmp_path / 'run' / 'vq_prior.json').read_text())
   assert saved['grid'] == [7, 7] and saved['num_codes'] == 64
-  assert saved['prior_nats_per_code'] == pytest.approx(metrics['prior_nats_per_code'])
-  assert (tmp_path / 'run' / 'prior' / 'checkpoints' / '6').is_dir()
-  assert not (tmp_path / 'run' / 'checkpoints').exists()  # Nothing trained in stage 1.
-  for name in ('vq_code_usage.png', 'vq_prior_samples.png'):
+  assert saved['prior_nats_per_code'] == pytest.approx(metrics['prior/nats_per_code'])
+  assert training.checkpoint.latest_step(str(tmp_path / 'run' / 'prior')) == 6
+  assert not (tmp_path / 'run' / 'model').exists()  # Nothing trained in stage 1.
+  for name in ('vq_code_usage.png', 'vq_prior_samples.png', 'reconstructions.png'):
     assert (tmp_path / 'run' / 'figures' / name).stat().st_size > 1000, name
 
 
 @pytest.mark.slow
-def test_script_default_preset_generates_from_a_trained_vqvae(tmp_path):
+def test_default_preset_generates_from_a_trained_vqvae(tmp_path):
   """Both stages at the default size: the prior beats the code frequencies."""
-  metrics = vq_prior_script.run(vq_prior_config.get_config(), str(tmp_path))
-  assert metrics['prior_nats_per_code'] < 0.8 * metrics['unigram_nats_per_code'], metrics
+  metrics = training.train_and_evaluate(vq_prior_config.get_config(), str(tmp_path))
+  assert metrics['prior/nats_per_code'] < 0.8 * metrics['prior/unigram_nats_per_code'], metrics

@@ -19,7 +19,11 @@ Each function takes a model, its variables and numpy images; see the modules:
   fill, latent optimisation for VAEs, PSNR on the missing region;
 - `vq_prior`: a gated PixelCNN prior over a VQ-VAE's code grids, trained on
   the frozen encoder's codes, sampled and decoded;
-- `common`: `train_or_restore` and `restore_variables` for a run's checkpoint.
+- `common`: batched inference (`map_batches`) and a run's config helpers.
+
+A trained run's `(model, variables)` come from
+`ae_jax.training.restore_variables` (or `train_or_restore`); nothing here
+imports the training side.
 
 >>> import jax.numpy as jnp
 >>> from ae_jax import applications
@@ -45,8 +49,6 @@ from ae_jax.applications.anomaly import flag
 from ae_jax.applications.anomaly import iwae_log_likelihood
 from ae_jax.applications.anomaly import reconstruction_log_probability
 from ae_jax.applications.anomaly import threshold_from_normal
-from ae_jax.applications.common import restore_variables
-from ae_jax.applications.common import train_or_restore
 from ae_jax.applications.denoising import benchmark
 from ae_jax.applications.denoising import classical_denoise
 from ae_jax.applications.denoising import denoise
@@ -54,9 +56,7 @@ from ae_jax.applications.denoising import gaussian_noise_range
 from ae_jax.applications.denoising import photo_patches
 from ae_jax.applications.denoising import psnr
 from ae_jax.applications.denoising import ssim
-from ae_jax.applications.denoising import train_denoiser
 from ae_jax.applications.denoising import tune_classical
-from ae_jax.applications.denoising import UNetDenoiser
 from ae_jax.applications.disentanglement import beta_vae_score
 from ae_jax.applications.disentanglement import dci
 from ae_jax.applications.disentanglement import factor_vae_score
@@ -83,14 +83,14 @@ from ae_jax.applications.tcvae import tc_decomposition
 
 __all__ = [
     'anomaly', 'common', 'denoising', 'disentanglement',
-    'UNetDenoiser', 'benchmark', 'classical_denoise', 'denoise', 'gaussian_noise_range',
-    'photo_patches', 'psnr', 'ssim', 'train_denoiser', 'tune_classical', 'embedding', 'inpainting', 'latent', 'tcvae',
+    'benchmark', 'classical_denoise', 'denoise', 'gaussian_noise_range',
+    'photo_patches', 'psnr', 'ssim', 'tune_classical', 'embedding', 'inpainting', 'latent', 'tcvae',
     'beta_vae_score', 'dci', 'factor_vae_score', 'make_tcvae_objective', 'mig',
     'representation_table', 'sap', 'tc_decomposition',
     'box_mask', 'iterative_fill', 'latent_fill', 'make_mask', 'mean_fill', 'pixel_mean',
     'psnr_missing', 'random_pixel_mask',
     'anomaly_scores', 'attribute_vector', 'compare_with_pca', 'detection_metrics', 'elbo',
     'embed', 'flag', 'interpolate', 'iwae_log_likelihood', 'reconstruct',
-    'reconstruction_error', 'reconstruction_log_probability', 'restore_variables',
-    'threshold_from_normal', 'train_or_restore', 'traverse',
+    'reconstruction_error', 'reconstruction_log_probability',
+    'threshold_from_normal', 'traverse',
 ]

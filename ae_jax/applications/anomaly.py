@@ -56,7 +56,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 from ae_jax import likelihood
 from ae_jax import losses
@@ -111,7 +110,7 @@ def sample_terms(
   Returns:
     `SampleTerms`.
   """
-  if common.model_family(model) != 'vae':
+  if getattr(model, 'family', None) != 'vae':
     raise ValueError(f'{type(model).__name__} has no posterior q(z|x); likelihood '
                      "scores need a VAE. Use 'reconstruction_error'.")
   terms = likelihood.log_weight_terms(model, variables, x, key, num_samples=num_samples,
@@ -154,7 +153,7 @@ def reconstruction_log_probability(model: nn.Module, variables: Variables, x: ja
 
 def available_scores(model: nn.Module) -> tuple[str, ...]:
   """The scores `anomaly_scores` can compute for `model`."""
-  return SCORES if common.model_family(model) == 'vae' else SCORES[:1]
+  return SCORES if getattr(model, 'family', None) == 'vae' else SCORES[:1]
 
 
 def anomaly_scores(
@@ -270,6 +269,8 @@ def detection_metrics(scores: np.ndarray, is_anomaly: np.ndarray, *,
   Goadrich 2006). With `threshold`, also the precision, recall, F1 and false
   positive rate of `flag(scores, threshold)`.
   """
+  # scikit-learn is slow to import: only the functions that use it load it.
+  from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top
   scores = np.asarray(scores, np.float64)
   is_anomaly = np.asarray(is_anomaly, bool)
   if is_anomaly.all() or not is_anomaly.any():

@@ -1,10 +1,15 @@
-"""What the applications share: model families, batched inference, trained variables.
+"""What the applications share: batched inference, a run's config, JSON output.
 
 Every application takes a model and its `variables`, the dict given to
 `model.apply` (`{'params': ...}`, plus `{'vq_stats': ...}` for an EMA
 VQ-VAE), and numpy images [N, H, W, C] in [0, 1]. Inference runs under
 `jax.jit` in batches of a fixed size; the last batch is padded so that one
 compilation serves the whole set, and the padding rows are dropped again.
+
+What kind of code a model has is its `family` attribute ('ae', 'vae',
+'vqvae', ...; see `ae_jax.models`). A trained run's `(model, variables)` come
+from `ae_jax.training.restore_variables` or `train_or_restore`: the
+applications never import the training side.
 
 Shape letters: N examples, B batch.
 """
@@ -16,36 +21,14 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-import tqdm
 
-from ae_jax import build
 from ae_jax import data as data_lib
-from ae_jax import models
-from ae_jax import runner
-from ae_jax import train
 
 Variables = Mapping[str, Any]
-
-FAMILIES = ('ae', 'vae', 'vqvae')
-
-
-def model_family(model: nn.Module) -> str:
-  """'vae' (Gaussian posterior), 'vqvae' (vector-quantized) or 'ae' (deterministic code)."""
-  if isinstance(model, (models.MLPVAE, models.ConvVAE)):
-    return 'vae'
-  if isinstance(model, models.VQVAE):
-    return 'vqvae'
-  if isinstance(model, (models.MLPAutoencoder, models.ConvAutoencoder)):
-    return 'ae'
-  raise TypeError(
-      f'{type(model).__name__} is not an ae_jax model; expected one of '
-      'MLPAutoencoder, ConvAutoencoder, MLPVAE, ConvVAE, VQVAE.')
 
 
 def map_batches(
@@ -70,6 +53,7 @@ def map_batches(
   Returns:
     The pytree of `fn`'s outputs as numpy arrays with leading axis N.
   """
+  import tqdm  # pylint: disable=g-import-not-at-top
   if batch_size <= 0:
     raise ValueError(f'batch_size must be > 0, got {batch_size}.')
   num = len(images)
@@ -99,74 +83,6 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   source = data_lib.open_source(config.data.name, config.data.train_split,
                                 data_dir=config.data.get('data_dir'))
   return tuple(source.element_shape)
-
-
-def restore_variables(
-    config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
-  """The model a run's config describes and its variables from `workdir/checkpoints`.
-
-  Args:
-    config: the config the run was trained with (its model, optim and data
-      sections fix the structure of the saved train state).
-    workdir: the run's working directory (as given to
-      `runner.train_and_evaluate` or `python -m experiments.main`).
-    step: checkpoint step; None takes the latest.
-
-  Returns:
-    `(model, variables)`, variables being `{'params': ...}` plus the model's
-    other collections (e.g. 'vq_stats').
-
-  Raises:
-    FileNotFoundError: `workdir` holds no checkpoint.
-  """
-  model = build.build_model(config.model)
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoints in {directory}: train the model first.')
-  manager = ocp.CheckpointManager(directory)
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'No checkpoints in {directory}: train the model first.')
-    if isinstance(model, models.SequenceVAE):  # A row of token ids (ae_jax.molecules).
-      x = jnp.zeros((1, config.data.max_length), jnp.int32)
-    else:
-      x = jnp.zeros((1,) + image_shape(config), jnp.float32)
-    variables = runner.init_variables(model, x, jax.random.key(0))
-    params = {'params': variables['params']}
-    model_state = {k: v for k, v in variables.items() if k != 'params'}
-    state = train.create_train_state(params, build.build_optimizer(config.optim), model_state)
-    trainer = build.build_trainer(model, config)  # A multi-phase state (AAE) is shaped by it.
-    if trainer is not None:
-      state = trainer.create_state(params, model_state)
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(step, args=ocp.args.StandardRestore(target))
-  finally:
-    manager.close()
-  return model, {**state.params, **state.model_state}
-
-
-def train_or_restore(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    model_workdir: str | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-  """Trains `config` into `workdir` with the runner, or restores a trained run.
-
-  Without `model_workdir`, `runner.train_and_evaluate(config, workdir)` trains
-  (or resumes, or, if `workdir` already holds the last step, only evaluates)
-  and the final checkpoint is restored. With `model_workdir`, nothing trains:
-  the latest checkpoint there is restored; `config` must describe its model.
-
-  Returns:
-    `(model, variables)`.
-  """
-  if model_workdir is None:
-    runner.train_and_evaluate(config, workdir)
-    return restore_variables(config, workdir)
-  return restore_variables(config, model_workdir)
 
 
 def output_activation(config: ml_collections.ConfigDict) -> str:

@@ -2,8 +2,9 @@
 
 The protocol:
 
-- train a fully convolutional denoising autoencoder (`UNetDenoiser`) on clean
-  images corrupted by Gaussian noise whose level is drawn per example,
+- train a fully convolutional denoising autoencoder
+  (`ae_jax.models.UNetDenoiser`, by the recipe `ae_jax.recipes.denoiser`) on
+  clean images corrupted by Gaussian noise whose level is drawn per example,
   sigma ~ U[sigma_min, sigma_max] (`gaussian_noise_range`), so that one model
   serves every level in the range without being told the level;
 - on held-out images, add Gaussian noise of a fixed sigma and clip to [0, 1]
@@ -51,7 +52,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -60,13 +60,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ae_jax import corruption
-from ae_jax import objectives
-from ae_jax import train
 from ae_jax.applications import common
-from ae_jax.models.autoencoder import AEOutput
 
 Variables = common.Variables
 
@@ -84,10 +80,6 @@ DEFAULT_GRIDS: dict[str, dict[str, tuple]] = {
     'nl_means': {'h_factor': (0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5),
                  'patch_size': (3, 5)},
 }
-
-# scikit-image pictures (`skimage.data`, bundled with the wheel) for photo patches.
-PHOTO_TRAIN = ('camera', 'astronaut', 'rocket', 'brick', 'grass', 'coins', 'moon')
-PHOTO_TEST = ('coffee', 'chelsea', 'gravel')
 
 
 # --- Noise -------------------------------------------------------------------------------
@@ -240,121 +232,7 @@ def tune_classical(clean: np.ndarray, noisy: np.ndarray, *, sigma: float,
   return result
 
 
-# --- The denoising autoencoder -----------------------------------------------------------
-
-
-class UNetDenoiser(nn.Module):
-  """A small fully convolutional denoising autoencoder (a U-Net).
-
-  `levels` times: two 3x3 convs (GroupNorm, ReLU), then 2x2 average pooling, channels
-  `features * 2**level`; a bottleneck of two 3x3 convs; back up with 2x2
-  stride-2 transposed convs, each followed by the concatenated skip of the
-  same resolution and two 3x3 convs (GroupNorm, ReLU); the noisy input is concatenated before
-  a last 1x1 conv to C logits. Pixels are sigmoid(logits). H and W must be
-  divisible by 2**levels (28 and 32 are, for levels <= 2).
-
-  Unlike `ConvAutoencoder` there is no narrow code: the skips carry the
-  image's detail, which a 16-d bottleneck cannot, and the network only has
-  to learn to remove the noise. `__call__` returns an `AEOutput` so that
-  `objectives.make_autoencoder_objective` trains it; `z` is the bottleneck
-  feature map.
-
-  Attributes:
-    features: channels at full resolution.
-    levels: poolings (resolution halvings).
-  """
-  features: int = 32
-  levels: int = 2
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> AEOutput:
-    if x.ndim != 4:
-      raise ValueError(f'Expected images [B, H, W, C], got {x.shape}.')
-    factor = 2 ** self.levels
-    if x.shape[1] % factor or x.shape[2] % factor:
-      raise ValueError(f'H and W must be divisible by 2**levels = {factor}, got {x.shape}.')
-    # GroupNorm keeps the activations' scale fixed: without it, Adam's early updates can
-    # blow the ReLU features up until the sigmoid saturates at 0 on sparse images (MNIST).
-    conv = lambda f, h: nn.relu(nn.GroupNorm(num_groups=math.gcd(4, f))(nn.Conv(f, (3, 3))(h)))
-    h, skips = x, []
-    for level in range(self.levels):
-      f = self.features * 2 ** level
-      h = conv(f, conv(f, h))
-      skips.append(h)
-      h = nn.avg_pool(h, (2, 2), strides=(2, 2))
-    f = self.features * 2 ** self.levels
-    z = conv(f, conv(f, h))
-    h = z
-    for level in reversed(range(self.levels)):
-      f = self.features * 2 ** level
-      h = nn.ConvTranspose(f, (2, 2), strides=(2, 2))(h)
-      h = conv(f, conv(f, jnp.concatenate([h, skips[level]], axis=-1)))
-    logits = nn.Conv(x.shape[-1], (1, 1))(jnp.concatenate([h, x], axis=-1))
-    return AEOutput(logits=logits, z=z)
-
-
-def train_denoiser(
-    model: nn.Module,
-    images: np.ndarray,
-    key: jax.Array,
-    *,
-    num_steps: int,
-    batch_size: int = 64,
-    sigma_min: float = 0.0,
-    sigma_max: float = 0.4,
-    tx: optax.GradientTransformation | None = None,
-    reconstruction: str = 'mse',
-    log_every_steps: int = 0,
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
-  """Trains a denoising autoencoder over a range of Gaussian noise levels.
-
-  The objective is `make_autoencoder_objective(model, corruption_fn=
-  gaussian_noise_range(sigma ~ U[sigma_min, sigma_max]))`, the loss between
-  sigmoid(logits) and the clean image (`reconstruction` 'mse' or
-  'bernoulli'); steps are `train.make_train_step`'s. Batches are drawn
-  uniformly with replacement from `images`.
-
-  Args:
-    model: a module whose `__call__(x)` returns an `AEOutput` with the input's
-      shape (e.g. `UNetDenoiser`).
-    images: clean training images [N, H, W, C] in [0, 1].
-    key: PRNG key (initialisation, batches, noise).
-    num_steps: optimizer steps.
-    batch_size: images per step.
-    sigma_min, sigma_max: the training noise range.
-    tx: optimizer; Adam at 1e-3 if None.
-    reconstruction: the loss, see `objectives.reconstruction_loss`.
-    log_every_steps: print the loss this often (0: never).
-
-  Returns:
-    `(variables, history)`: `{'params': ...}` and [{'step', 'loss', 'seconds'}]
-    every `log_every_steps` (and at the last step).
-  """
-  if num_steps < 1:
-    raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
-  images = np.asarray(images, np.float32)
-  tx = optax.adam(1e-3) if tx is None else tx
-  init_key, data_key, step_key = jax.random.split(key, 3)
-  params = {'params': model.init(init_key, jnp.asarray(images[:1]))['params']}
-  state = train.create_train_state(params, tx)
-  objective = objectives.make_autoencoder_objective(
-      model, reconstruction=reconstruction,
-      corruption_fn=functools.partial(gaussian_noise_range, sigma_min=sigma_min,
-                                      sigma_max=sigma_max))
-  step_fn = train.make_train_step(objective, tx)
-  rng = np.random.default_rng(np.asarray(jax.random.key_data(data_key)).ravel()[-1])
-  history, start = [], time.time()
-  for step in range(1, num_steps + 1):
-    batch = {'image': jnp.asarray(images[rng.integers(0, len(images), batch_size)])}
-    state, metrics = step_fn(state, batch, step_key)
-    if step == num_steps or (log_every_steps and step % log_every_steps == 0):
-      loss = float(metrics['loss'])
-      train.check_finite_metrics({'loss': loss}, step)
-      history.append({'step': step, 'loss': loss, 'seconds': time.time() - start})
-      if log_every_steps:
-        print(f'  step {step}/{num_steps}: loss {loss:.5f} ({time.time() - start:.0f} s)',
-              flush=True)
-  return {'params': state.params['params']}, history
+# --- The denoising autoencoder's estimates ----------------------------------------------
 
 
 def denoise(model: nn.Module, variables: Variables, noisy: np.ndarray, *,

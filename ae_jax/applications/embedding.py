@@ -38,17 +38,33 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from sklearn import decomposition
-from sklearn import manifold
-from sklearn import neighbors
 
 from ae_jax.applications import common
 
 Variables = common.Variables
 
+# The model families (`model.family`, see `ae_jax.models`) whose codes and
+# reconstructions are read here; scikit-learn is imported by the functions that
+# use it, so that importing the applications stays cheap.
+CODE_FAMILIES = ('ae', 'vae', 'vqvae')
+
+
+def code_family(model: nn.Module) -> str:
+  """`model.family`, checked to be one of `CODE_FAMILIES`.
+
+  Raises:
+    TypeError: a model without a code these functions can read.
+  """
+  family = getattr(model, 'family', None)
+  if family not in CODE_FAMILIES:
+    raise TypeError(f'{type(model).__name__} (family {family!r}) has no code to embed; '
+                    f'expected a model of family {CODE_FAMILIES}: MLPAutoencoder, '
+                    'ConvAutoencoder, MLPVAE, ConvVAE or VQVAE.')
+  return family
+
 
 def _codes_fn(model: nn.Module, variables: Variables):
-  family = common.model_family(model)
+  family = code_family(model)
 
   # Variables are an argument, not a closure: jit would bake them into the program.
   @jax.jit
@@ -67,7 +83,7 @@ def embed(model: nn.Module, variables: Variables, images: np.ndarray, *,
   """Codes of `images` under a trained model.
 
   Args:
-    model: an ae_jax model (see `common.model_family`).
+    model: an ae_jax model of a family in `CODE_FAMILIES`.
     variables: its variables, `{'params': ...}` (and 'vq_stats').
     images: [N, H, W, C] in [0, 1].
     batch_size: examples per jitted call.
@@ -113,7 +129,7 @@ def reconstruction_fn(model: nn.Module, output_activation: str = 'sigmoid'):
   A VAE decodes its posterior mean, an autoencoder its code and a VQ-VAE its
   quantized code.
   """
-  family = common.model_family(model)
+  family = code_family(model)
 
   def fn(variables, x):
     if family == 'vae':
@@ -142,6 +158,7 @@ def knn_accuracy(train_codes: np.ndarray, train_labels: np.ndarray,
                  test_codes: np.ndarray, test_labels: np.ndarray, *,
                  n_neighbors: int = 5) -> float:
   """Test accuracy of a Euclidean k-NN classifier fit on the train codes."""
+  from sklearn import neighbors  # pylint: disable=g-import-not-at-top
   classifier = neighbors.KNeighborsClassifier(n_neighbors=n_neighbors)
   classifier.fit(np.asarray(train_codes).reshape(len(train_codes), -1), train_labels)
   return float(classifier.score(np.asarray(test_codes).reshape(len(test_codes), -1),
@@ -162,6 +179,7 @@ def trustworthiness(inputs: np.ndarray, codes: np.ndarray, *, n_neighbors: int =
   It costs O(n^2) time and memory in the number of examples, so it is taken
   on `num_examples` examples drawn with `seed` (all of them if None).
   """
+  from sklearn import manifold  # pylint: disable=g-import-not-at-top
   rows = subsample_indices(len(inputs), num_examples, seed=seed)
   x = np.asarray(inputs).reshape(len(inputs), -1)[rows]
   z = np.asarray(codes).reshape(len(codes), -1)[rows]
@@ -169,8 +187,9 @@ def trustworthiness(inputs: np.ndarray, codes: np.ndarray, *, n_neighbors: int =
 
 
 def fit_pca(train_images: np.ndarray, num_components: int, *, seed: int = 0
-            ) -> decomposition.PCA:
+            ) -> 'sklearn.decomposition.PCA':
   """PCA of the flattened train images with `num_components` components."""
+  from sklearn import decomposition  # pylint: disable=g-import-not-at-top
   flat = np.asarray(train_images).reshape(len(train_images), -1)
   num_components = min(num_components, *flat.shape)
   return decomposition.PCA(n_components=num_components, random_state=seed).fit(flat)
@@ -246,6 +265,8 @@ def compare_with_pca(
 def map_2d(codes: np.ndarray, *, method: str = 'pca', seed: int = 0) -> np.ndarray:
   """Codes [N, Z] drawn in the plane, [N, 2]: as they are when Z == 2, else by
   their first two principal components ('pca') or by t-SNE ('tsne')."""
+  from sklearn import decomposition  # pylint: disable=g-import-not-at-top
+  from sklearn import manifold  # pylint: disable=g-import-not-at-top
   codes = np.asarray(codes, np.float64).reshape(len(codes), -1)
   if codes.shape[1] == 2:
     return codes

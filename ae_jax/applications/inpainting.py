@@ -300,8 +300,9 @@ def latent_fill(
   Returns:
     float32 [N, H, W, C], equal to `images` where observed.
   """
-  if common.model_family(model) != 'vae':
-    raise ValueError(f'latent_fill needs a VAE, got {type(model).__name__}.')
+  if getattr(model, 'family', None) != 'vae':
+    raise ValueError(f"latent_fill needs a VAE (model.family 'vae'), got "
+                     f'{type(model).__name__}.')
   if num_starts < 1 or num_steps < 0:
     raise ValueError(f'Need num_starts >= 1 and num_steps >= 0, got {num_starts}, {num_steps}.')
   start = mean_fill(images, missing, pixel_mean=pixel_mean)

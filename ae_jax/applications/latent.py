@@ -139,7 +139,7 @@ def code_shape(model: nn.Module, variables: Variables, image_shape: Sequence[int
                ) -> tuple[int, ...]:
   """Shape of one unflattened code: (Z,), or (h, w, D) for a VQ-VAE's z_e."""
   x = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
-  if common.model_family(model) == 'vae':
+  if embedding.code_family(model) == 'vae':
     mean, _ = jax.eval_shape(lambda v, x: model.apply(v, x, method='encode'), variables, x)
     return tuple(mean.shape[1:])
   z = jax.eval_shape(lambda v, x: model.apply(v, x, method='encode'), variables, x)
@@ -156,7 +156,7 @@ def decode(model: nn.Module, variables: Variables, codes: np.ndarray,
   (as the model does), so a path between two z_e moves in jumps.
   """
   embedding.to_pixels(np.zeros(()), output_activation)  # Rejects a bad name before any work.
-  family = common.model_family(model)
+  family = embedding.code_family(model)
   shape = code_shape(model, variables, image_shape)
   codes = np.asarray(codes, np.float32)
   lead = codes.shape[:-1]

@@ -6,9 +6,11 @@ by cross-entropy on the frozen encoder's codes; ancestral sampling draws a
 grid position by position (raster order) at a temperature, and the VQ-VAE's
 decoder turns it into a new image.
 
-`train_prior` trains the prior with its own train state, orbax checkpoints
-(a rerun resumes with the batch order it would have had) and metrics file,
-and stops with `FloatingPointError` on a non-finite loss.
+The prior is trained as the second stage of the `vqvae` recipe
+(`ae_jax/recipes/vqvae.py`, by the one training loop) with
+`make_prior_objective`; this module holds what that stage and its figures
+use: encoding and decoding code grids, the likelihood, sampling and the
+baselines.
 
 Shape letters: N examples, B batch, h, w code grid, K number of codes.
 """
@@ -16,9 +18,7 @@ Shape letters: N examples, B batch, h, w code grid, K number of codes.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,22 +27,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
-from ae_jax import runner
-from ae_jax import train
 from ae_jax.applications import common
-from ae_jax.data import pipeline
-from ae_jax.models import pixelcnn
 
 Array = jax.Array
+
+
+# Jitted once per module (static) and input shape: the variables are arguments, not
+# constants baked into the program, so the train and test splits, and every call
+# for one run, share one compilation.
+@functools.partial(jax.jit, static_argnums=(0,))
+def _indices(vqvae, variables, x):
+  return vqvae.apply(variables, x, train=False).indices
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _decode(vqvae, variables, codes, output_activation):
+  logits = vqvae.apply(variables, codes, method=vqvae.decode_indices)
+  out = jax.nn.sigmoid(logits) if output_activation == 'sigmoid' else logits
+  return jnp.clip(out, 0.0, 1.0)
 
 
 def encode_indices(vqvae: nn.Module, variables: Mapping[str, Any], images: np.ndarray, *,
                    batch_size: int = 256) -> np.ndarray:
   """Code indices int32 [N, h, w] of images [N, H, W, C] under a frozen VQ-VAE."""
-  fn = jax.jit(lambda x: vqvae.apply(variables, x, train=False).indices)
-  return common.map_batches(fn, images, batch_size=batch_size).astype(np.int32)
+  return common.map_batches(lambda x: _indices(vqvae, variables, x), images,
+                            batch_size=batch_size).astype(np.int32)
 
 
 def decode_indices(vqvae: nn.Module, variables: Mapping[str, Any], codes: np.ndarray, *,
@@ -51,13 +61,8 @@ def decode_indices(vqvae: nn.Module, variables: Mapping[str, Any], codes: np.nda
   if output_activation not in ('identity', 'sigmoid'):
     raise ValueError(f"output_activation must be 'identity' or 'sigmoid', got "
                      f'{output_activation!r}.')
-
-  def fn(c):
-    logits = vqvae.apply(variables, c, method=vqvae.decode_indices)
-    out = jax.nn.sigmoid(logits) if output_activation == 'sigmoid' else logits
-    return jnp.clip(out, 0.0, 1.0)
-
-  return common.map_batches(jax.jit(fn), np.asarray(codes, np.int32), batch_size=batch_size)
+  return common.map_batches(lambda c: _decode(vqvae, variables, c, output_activation),
+                            np.asarray(codes, np.int32), batch_size=batch_size)
 
 
 def code_nll(logits_BxHxWxK: Array, codes_BxHxW: Array) -> Array:
@@ -140,6 +145,8 @@ def unigram_nats_per_code(train_codes: np.ndarray, test_codes: np.ndarray,
                           num_codes: int) -> float:
   """Test NLL per code of the train code frequencies (add-one smoothed): what a
   prior that ignores context scores."""
+  train_codes = _check_codes('train_codes', train_codes, num_codes)
+  test_codes = _check_codes('test_codes', test_codes, num_codes)
   counts = np.bincount(train_codes.ravel(), minlength=num_codes) + 1.0
   log_p = np.log(counts / counts.sum())
   return float(-np.mean(log_p[test_codes.ravel()]))
@@ -154,94 +161,17 @@ def _check_codes(name: str, codes: np.ndarray, num_codes: int) -> np.ndarray:
   return codes.astype(np.int32)
 
 
+@functools.partial(jax.jit, static_argnums=(0,))
+def _grid_nll(prior, params, codes):
+  return code_nll(prior.apply(params, codes), codes)
+
+
 def evaluate_prior(prior: nn.Module, params, codes: np.ndarray, *,
                    batch_size: int = 500) -> dict[str, float]:
-  """Mean test metrics of `make_prior_objective` over all of `codes`."""
-  eval_step = jax.jit(lambda p, c: code_nll(prior.apply(p, c), c))
-  per_image = common.map_batches(lambda c: eval_step(params, c), codes, batch_size=batch_size)
+  """Mean test metrics of `make_prior_objective` over all of `codes` int [N, h, w]."""
+  codes = _check_codes('codes', codes, prior.num_codes)
+  per_image = common.map_batches(lambda c: _grid_nll(prior, params, c), codes,
+                                 batch_size=batch_size)
   nats_per_code = float(np.mean(per_image)) / (codes.shape[1] * codes.shape[2])
   return {'nats_per_code': nats_per_code,
           'bits_per_image': nats_per_code * codes.shape[1] * codes.shape[2] / math.log(2.0)}
-
-
-def train_prior(cfg: Mapping[str, Any], workdir: str, train_codes: np.ndarray,
-                test_codes: np.ndarray, *, num_codes: int,
-                print_fn=print) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
-  """Trains a `GatedPixelCNN` on code grids, resuming from `workdir/checkpoints`.
-
-  Args:
-    cfg: channels, num_layers, kernel_size, learning_rate, batch_size,
-      num_train_steps, eval_every_steps, checkpoint_every_steps, seed.
-    workdir: the prior's directory: checkpoints/ and metrics.jsonl.
-    train_codes, test_codes: int [N, h, w] in [0, K).
-    num_codes: K.
-    print_fn: where progress lines go.
-
-  Returns:
-    `(prior, params, history)`: history holds the eval records (one before
-    training when it starts from scratch, then every `eval_every_steps`).
-
-  Raises:
-    FloatingPointError: the loss became non-finite (checkpoints before it kept).
-  """
-  train_codes = _check_codes('train_codes', train_codes, num_codes)
-  test_codes = _check_codes('test_codes', test_codes, num_codes)
-  for field in ('batch_size', 'num_train_steps', 'eval_every_steps', 'checkpoint_every_steps'):
-    if cfg[field] <= 0:
-      raise ValueError(f'vq_prior.{field} must be > 0, got {cfg[field]}.')
-  if cfg['batch_size'] > len(train_codes):
-    raise ValueError(f"vq_prior.batch_size={cfg['batch_size']} exceeds the "
-                     f'{len(train_codes)} training grids.')
-  prior = pixelcnn.GatedPixelCNN(num_codes=num_codes, channels=cfg['channels'],
-                                 num_layers=cfg['num_layers'], kernel_size=cfg['kernel_size'])
-  key = jax.random.key(cfg['seed'])
-  init_key, train_key = jax.random.split(key)
-  params = {'params': jax.jit(prior.init)(init_key, jnp.asarray(train_codes[:1]))['params']}
-  tx = optax.adam(cfg['learning_rate'])
-  state = train.create_train_state(params, tx)
-  step_fn = train.make_train_step(make_prior_objective(prior), tx)
-
-  os.makedirs(workdir, exist_ok=True)
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                  options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  history = []
-  try:
-    if manager.latest_step() is not None:
-      target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-      state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
-      print_fn(f'Prior: resumed from {workdir}/checkpoints at step {int(state.step)}.')
-    start = int(state.step)
-
-    def record(step, split, values):
-      entry = {'step': step, 'split': split, **{k: float(v) for k, v in values.items()}}
-      with open(metrics_path, 'a') as f:
-        f.write(json.dumps(entry) + '\n')
-      return entry
-
-    kept = runner.drop_records_after(metrics_path, start)
-    history = [entry for entry in kept if entry['split'] == 'eval']
-    if start == 0:
-      history.append(record(0, 'eval', evaluate_prior(prior, state.params, test_codes)))
-    per_epoch = pipeline.steps_per_epoch(len(train_codes), cfg['batch_size'])
-    num_steps = cfg['num_train_steps']
-    for step in range(start + 1, num_steps + 1):
-      epoch, position = divmod(step - 1, per_epoch)
-      order = pipeline.epoch_order(len(train_codes), seed=cfg['seed'], epoch=epoch)
-      rows = order[position * cfg['batch_size']:(position + 1) * cfg['batch_size']]
-      state, metrics = step_fn(state, {'codes': jnp.asarray(train_codes[rows])}, train_key)
-      if step % cfg['eval_every_steps'] == 0 or step == num_steps or step % 50 == 0:
-        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        train.check_finite_metrics(host, step)
-        record(step, 'train', host)
-      if step % cfg['checkpoint_every_steps'] == 0 or step == num_steps:
-        train.check_finite_metrics(metrics, step)
-        manager.save(step, args=ocp.args.StandardSave(state))
-      if step % cfg['eval_every_steps'] == 0 or step == num_steps:
-        history.append(record(step, 'eval', evaluate_prior(prior, state.params, test_codes)))
-        print_fn(f"Prior step {step}: test {history[-1]['nats_per_code']:.4f} nats/code, "
-                 f"{history[-1]['bits_per_image']:.2f} bits/image.")
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-  return prior, state.params, history

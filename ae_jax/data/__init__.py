@@ -7,11 +7,15 @@
 >>> batch = next(data.batches('mnist5k', 'train', batch_size=64, seed=0))
 >>> sorted(batch), batch['image'].shape
 (['image', 'label'], (64, 28, 28, 1))
+
+`OfflineFashionMNIST` and `prepare_fashion_mnist` (a TFDS builder) load
+tensorflow_datasets, so they are imported on first use; so does a
+`TfdsSource`, when it is constructed.
 """
 
+import importlib
+
 from ae_jax.data import shapes
-from ae_jax.data.fashion_mnist import OfflineFashionMNIST
-from ae_jax.data.fashion_mnist import prepare_fashion_mnist
 from ae_jax.data.pipeline import batches
 from ae_jax.data.pipeline import epoch_order
 from ae_jax.data.pipeline import steps_per_epoch
@@ -50,3 +54,22 @@ __all__ = [
     'steps_per_epoch',
     'stratified_split',
 ]
+
+# Name -> module of the attributes imported on first access (PEP 562): the
+# Fashion-MNIST builder subclasses a TFDS class, and TFDS is slow to import.
+_LAZY = {
+    'OfflineFashionMNIST': 'ae_jax.data.fashion_mnist',
+    'prepare_fashion_mnist': 'ae_jax.data.fashion_mnist',
+}
+
+
+def __getattr__(name: str):
+  if name in _LAZY:
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))

@@ -35,7 +35,6 @@ import os
 from typing import Any, Protocol
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from ae_jax.data import shapes
 
@@ -309,6 +308,7 @@ def _tfds_is_mocked() -> bool:
   Mocked builders serve fake examples without files, so the on-disk checks
   below must not run; the patch replaces the method on the class.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   method = tfds.core.DatasetBuilder.as_data_source
   original_module = 'tensorflow_datasets.core.dataset_builder'
   return getattr(method, '__module__', None) != original_module
@@ -357,6 +357,8 @@ class TfdsSource:
     tfds_name = _tfds_name(name)
     data_dir = os.path.expanduser(os.fspath(data_dir or default_data_dir()))
     self.data_dir = data_dir
+    # TFDS takes about a second to import: only a TFDS dataset pays for it.
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     try:
       builder = tfds.builder(tfds_name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:

@@ -14,6 +14,7 @@ from ae_jax.models.ladder import LadderVAE
 from ae_jax.models.pixelcnn import GatedPixelCNN
 from ae_jax.models.sequence import SequenceVAE
 from ae_jax.models.sequence import SequenceVAEOutput
+from ae_jax.models.unet import UNetDenoiser
 from ae_jax.models.vae import MLPVAE
 from ae_jax.models.vae import VAEOutput
 from ae_jax.models.vqvae import VQVAE
@@ -35,6 +36,7 @@ __all__ = [
     'MLPVAE',
     'SequenceVAE',
     'SequenceVAEOutput',
+    'UNetDenoiser',
     'VAEOutput',
     'VQVAE',
     'VQVAEOutput',

@@ -1,20 +1,27 @@
-"""Adversarial autoencoder: MLP encoder and decoder, MLP discriminator on codes.
+"""Adversarial autoencoder: MLP encoder and decoder, MLP discriminator on codes,
+and the prior the codes are matched to.
 
-Shape letters: B batch, D flattened input size, Z latent, K classes.
+Shape letters: B batch, D flattened input size, Z latent, K classes (and
+mixture components), N sample count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
+import math
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 Array = jax.Array
+
+PRIORS = ('gaussian', 'mixture')
 
 
 class AAEOutput(flax.struct.PyTreeNode):
@@ -46,7 +53,7 @@ class AAE(nn.Module):
 
   Parameters: `encoder/layers_{i}`, `decoder/layers_{i}`,
   `discriminator/layers_{i}` (each `kernel`, `bias`); the train step of
-  `ae_jax.adversarial` updates the three groups with separate optimizers.
+  `ae_jax.recipes.aae` updates the three groups with separate optimizers.
 
   Attributes:
     input_dim: D.
@@ -54,7 +61,7 @@ class AAE(nn.Module):
     latent_dim: Z (2 draws the latent picture directly).
     disc_hidden: discriminator hidden sizes.
     num_classes: K for a label-conditioned discriminator, 0 for none.
-    activation: hidden activation name (see `ae_jax.nn.get_activation`).
+    activation: hidden activation name (see `ae_jax.layers.get_activation`).
 
   References:
     Makhzani, Shlens, Jaitly, Goodfellow & Frey, "Adversarial Autoencoders",
@@ -72,11 +79,11 @@ class AAE(nn.Module):
       raise ValueError(f'latent_dim must be > 0, got {self.latent_dim}.')
     if self.num_classes < 0:
       raise ValueError(f'num_classes must be >= 0, got {self.num_classes}.')
-    self.encoder = ae_nn.MLP(tuple(self.hidden) + (self.latent_dim,),
+    self.encoder = layers.MLP(tuple(self.hidden) + (self.latent_dim,),
                              activation=self.activation)
-    self.decoder = ae_nn.MLP(tuple(reversed(self.hidden)) + (self.input_dim,),
+    self.decoder = layers.MLP(tuple(reversed(self.hidden)) + (self.input_dim,),
                              activation=self.activation)
-    self.discriminator = ae_nn.MLP(tuple(self.disc_hidden) + (1,),
+    self.discriminator = layers.MLP(tuple(self.disc_hidden) + (1,),
                                    activation=self.activation)
 
   def encode(self, x: Array) -> Array:
@@ -120,3 +127,104 @@ class AAE(nn.Module):
       labels = -jnp.ones((x.shape[0],), jnp.int32)
     return AAEOutput(logits=self.decode(z).reshape(x.shape), z=z,
                      disc_logits=self.discriminate(z, labels))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prior:
+  """The prior p(z) an AAE's codes are matched to.
+
+  'gaussian': N(0, I). 'mixture': K equally weighted Gaussians whose means lie
+  on a circle of radius `radius` in the first two latent dimensions (angle
+  2πk/K for component k), each elongated along its radius (standard deviation
+  `radial_std`) and narrow across it (`tangential_std`, also used for latent
+  dimensions beyond the second): the paper's 10-component mixture, one
+  component per digit class.
+
+  Attributes:
+    kind: 'gaussian' or 'mixture'.
+    latent_dim: Z.
+    num_components: K (mixture only).
+    radius: distance of the component means from the origin.
+    radial_std: standard deviation along the radius.
+    tangential_std: standard deviation across it.
+
+  References:
+    Makhzani et al., "Adversarial Autoencoders", 2015, section 2.3 and fig. 4.
+  """
+  kind: str = 'gaussian'
+  latent_dim: int = 2
+  num_components: int = 10
+  radius: float = 4.0
+  radial_std: float = 1.0
+  tangential_std: float = 0.25
+
+  def __post_init__(self):
+    if self.kind not in PRIORS:
+      raise ValueError(f'Unknown prior {self.kind!r}; expected one of {PRIORS}.')
+    if self.latent_dim <= 0:
+      raise ValueError(f'latent_dim must be > 0, got {self.latent_dim}.')
+    if self.kind == 'mixture':
+      if self.latent_dim < 2:
+        raise ValueError(f'The mixture prior needs latent_dim >= 2, got {self.latent_dim}.')
+      if self.num_components <= 0:
+        raise ValueError(f'num_components must be > 0, got {self.num_components}.')
+      for name in ('radius', 'radial_std', 'tangential_std'):
+        if getattr(self, name) <= 0:
+          raise ValueError(f'prior {name} must be > 0, got {getattr(self, name)}.')
+
+  def _angles_K(self) -> np.ndarray:
+    return 2 * np.pi * np.arange(self.num_components) / self.num_components
+
+  def _stds_Z(self) -> np.ndarray:
+    return np.array([self.radial_std] + [self.tangential_std] * (self.latent_dim - 1), np.float32)
+
+  def means(self) -> np.ndarray:
+    """Component means [K, Z] (mixture) or [1, Z] zeros (gaussian)."""
+    if self.kind == 'gaussian':
+      return np.zeros((1, self.latent_dim), np.float32)
+    means = np.zeros((self.num_components, self.latent_dim), np.float32)
+    angles = self._angles_K()
+    means[:, 0], means[:, 1] = self.radius * np.cos(angles), self.radius * np.sin(angles)
+    return means
+
+  def sample(self, key: Array, num: int, components: Array | None = None) -> Array:
+    """Draws [num, Z] samples.
+
+    Args:
+      key: PRNG key.
+      num: N.
+      components: mixture only: int [N], the component of each sample, -1 for
+        one drawn uniformly at random (unlabelled examples); None draws all
+        at random.
+    """
+    normal_key, component_key = jax.random.split(key)
+    eps = jax.random.normal(normal_key, (num, self.latent_dim))
+    if self.kind == 'gaussian':
+      if components is not None:
+        raise ValueError('components are only defined for the mixture prior.')
+      return eps
+    random_k = jax.random.randint(component_key, (num,), 0, self.num_components)
+    k = random_k if components is None else jnp.where(components < 0, random_k, components)
+    eps = eps * jnp.asarray(self._stds_Z())
+    angle = 2 * jnp.pi * k.astype(jnp.float32) / self.num_components
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    # Rotate (radial, tangential) into the component's frame, then shift.
+    rotated = jnp.stack([cos * eps[:, 0] - sin * eps[:, 1], sin * eps[:, 0] + cos * eps[:, 1]], -1)
+    z = jnp.concatenate([rotated, eps[:, 2:]], -1)
+    return z + jnp.asarray(self.means())[k]
+
+  def log_prob(self, z_NxZ: Array) -> Array:
+    """log p(z), [N]."""
+    z = jnp.asarray(z_NxZ, jnp.float32)
+    log_2pi = math.log(2 * math.pi)
+    if self.kind == 'gaussian':
+      return -0.5 * jnp.sum(z**2 + log_2pi, -1)
+    angles = jnp.asarray(self._angles_K())
+    u = z[:, None, :] - jnp.asarray(self.means())[None]  # [N, K, Z]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    radial = cos * u[..., 0] + sin * u[..., 1]
+    tangential = -sin * u[..., 0] + cos * u[..., 1]
+    e = jnp.concatenate([radial[..., None], tangential[..., None], u[..., 2:]], -1)
+    stds = jnp.asarray(self._stds_Z())
+    log_normal = -0.5 * jnp.sum((e / stds)**2 + log_2pi + 2 * jnp.log(stds), -1)  # [N, K]
+    return jax.nn.logsumexp(log_normal, -1) - math.log(self.num_components)

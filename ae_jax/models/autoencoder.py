@@ -6,13 +6,13 @@ Shape letters: B batch, D flattened input size, H1 first hidden layer, Z latent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import flax.struct
 import jax
 
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 Array = jax.Array
 
@@ -41,10 +41,12 @@ class MLPAutoencoder(nn.Module):
   `params['encoder']['layers_0']['kernel']`.
 
   Attributes:
+    family: 'ae', what the applications call a deterministic-code model
+      (`encode` gives z).
     input_dim: D, the flattened input size.
     hidden: encoder hidden sizes (the decoder uses them reversed).
     latent_dim: Z.
-    activation: hidden activation name (see `ae_jax.nn.get_activation`).
+    activation: hidden activation name (see `ae_jax.layers.get_activation`).
     latent_activation: activation of the code (None, 'sigmoid', 'relu', ...);
       'sigmoid' suits the KL sparsity penalty, 'relu' the L1 one.
 
@@ -52,6 +54,7 @@ class MLPAutoencoder(nn.Module):
     Hinton & Salakhutdinov, "Reducing the Dimensionality of Data with Neural
     Networks", Science 2006, https://doi.org/10.1126/science.1127647.
   """
+  family: ClassVar[str] = 'ae'
   input_dim: int = 784
   hidden: Sequence[int] = (256, 128)
   latent_dim: int = 32
@@ -59,10 +62,10 @@ class MLPAutoencoder(nn.Module):
   latent_activation: str | None = None
 
   def setup(self):
-    self.encoder = ae_nn.MLP(
+    self.encoder = layers.MLP(
         tuple(self.hidden) + (self.latent_dim,), activation=self.activation,
         final_activation=self.latent_activation)
-    self.decoder = ae_nn.MLP(
+    self.decoder = layers.MLP(
         tuple(reversed(self.hidden)) + (self.input_dim,),
         activation=self.activation, final_activation=None)
 

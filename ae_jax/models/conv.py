@@ -3,7 +3,7 @@
 Both take images [B, H, W, C] whose shape is fixed by `image_shape` (the
 decoder must know it). Spatial sizes follow 'SAME' stride-2 arithmetic,
 n -> ceil(n / 2), and the decoder inverts them exactly (see
-`ae_jax.nn.ConvDecoder`), so logits always have the input's shape: e.g.
+`ae_jax.layers.ConvDecoder`), so logits always have the input's shape: e.g.
 28 -> 14 -> 7 -> 4 -> 7 -> 14 -> 28 and 32 -> 16 -> 8 -> 4 -> 8 -> 16 -> 32.
 
 Shape letters: B batch, H, W, C image, Z latent.
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 from ae_jax.models.autoencoder import AEOutput
+from ae_jax.models.vae import gaussian_log_weight_terms
 from ae_jax.models.vae import VAEOutput
 
 Array = jax.Array
@@ -45,6 +47,7 @@ class ConvAutoencoder(nn.Module):
   `decoder/ConvTranspose_{i}`, `output` (Conv).
 
   Attributes:
+    family: 'ae', what the applications call a deterministic-code model.
     image_shape: (H, W, C) of the inputs.
     latent_dim: Z (the card uses 16).
     channels: encoder channels (decoder uses them reversed).
@@ -56,6 +59,7 @@ class ConvAutoencoder(nn.Module):
     Feature Extraction", ICANN 2011,
     https://doi.org/10.1007/978-3-642-21735-7_7.
   """
+  family: ClassVar[str] = 'ae'
   image_shape: Sequence[int] = (28, 28, 1)
   latent_dim: int = 16
   channels: Sequence[int] = (32, 64)
@@ -63,14 +67,14 @@ class ConvAutoencoder(nn.Module):
   activation: str = 'relu'
 
   def setup(self):
-    sizes = ae_nn.conv_encoder_sizes(self.image_shape[:2], len(self.channels))
+    sizes = layers.conv_encoder_sizes(self.image_shape[:2], len(self.channels))
     self._bottleneck = sizes[-1] + (self.channels[-1],)
-    self.encoder = ae_nn.ConvEncoder(
+    self.encoder = layers.ConvEncoder(
         tuple(self.channels), kernel_size=self.kernel_size,
         activation=self.activation)
     self.latent = nn.Dense(self.latent_dim)
     self.decoder_dense = nn.Dense(math.prod(self._bottleneck))
-    self.decoder = ae_nn.ConvDecoder(
+    self.decoder = layers.ConvDecoder(
         tuple(reversed(self.channels)), output_shapes=sizes[-2::-1],
         kernel_size=self.kernel_size, activation=self.activation)
     self.output = nn.Conv(self.image_shape[2],
@@ -84,7 +88,7 @@ class ConvAutoencoder(nn.Module):
 
   def decode(self, z: Array) -> Array:
     """Logits [B, H, W, C] of codes [B, Z]."""
-    act = ae_nn.get_activation(self.activation)
+    act = layers.get_activation(self.activation)
     h = act(self.decoder_dense(z)).reshape((z.shape[0],) + self._bottleneck)
     return self.output(self.decoder(h))
 
@@ -107,7 +111,10 @@ class ConvVAE(nn.Module):
   Parameters: `encoder/Conv_{i}`, `mean`, `log_var`, `decoder_dense`,
   `decoder/ConvTranspose_{i}`.
 
+  Importance sampling (`ae_jax.likelihood`) as for `MLPVAE`.
+
   Attributes:
+    family: 'vae', as `MLPVAE`.
     latent_dim: Z.
     channels: encoder channels; the decoder uses channels[-2::-1] + (C,).
     image_shape: (H, W, C) of the inputs.
@@ -118,6 +125,7 @@ class ConvVAE(nn.Module):
     Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014,
     https://arxiv.org/abs/1312.6114.
   """
+  family: ClassVar[str] = 'vae'
   latent_dim: int = 16
   channels: Sequence[int] = (32, 64, 128)
   image_shape: Sequence[int] = (28, 28, 1)
@@ -125,15 +133,15 @@ class ConvVAE(nn.Module):
   activation: str = 'relu'
 
   def setup(self):
-    sizes = ae_nn.conv_encoder_sizes(self.image_shape[:2], len(self.channels))
+    sizes = layers.conv_encoder_sizes(self.image_shape[:2], len(self.channels))
     self._bottleneck = sizes[-1] + (self.channels[-1],)
-    self.encoder = ae_nn.ConvEncoder(
+    self.encoder = layers.ConvEncoder(
         tuple(self.channels), kernel_size=self.kernel_size,
         activation=self.activation)
     self.mean = nn.Dense(self.latent_dim)
     self.log_var = nn.Dense(self.latent_dim)
     self.decoder_dense = nn.Dense(math.prod(self._bottleneck))
-    self.decoder = ae_nn.ConvDecoder(
+    self.decoder = layers.ConvDecoder(
         tuple(self.channels[-2::-1]) + (self.image_shape[2],),
         output_shapes=sizes[-2::-1], kernel_size=self.kernel_size,
         activation=self.activation, activate_final=False)
@@ -147,12 +155,26 @@ class ConvVAE(nn.Module):
 
   def decode(self, z: Array) -> Array:
     """Logits [B, H, W, C] of codes [B, Z]."""
-    act = ae_nn.get_activation(self.activation)
+    act = layers.get_activation(self.activation)
     h = act(self.decoder_dense(z)).reshape((z.shape[0],) + self._bottleneck)
     return self.decoder(h)
 
   def __call__(self, x: Array, key: Array) -> VAEOutput:
     """Encodes, samples z with `key` (reparameterized) and decodes it."""
     mean, log_var = self.encode(x)
-    z = ae_nn.reparameterize(key, mean, log_var)
+    z = layers.reparameterize(key, mean, log_var)
     return VAEOutput(logits=self.decode(z), z=z, mean=mean, log_var=log_var)
+
+  def importance_context(self, x: Array) -> tuple[Array, Array]:
+    """What the importance samples of `x` share: the posterior (μ, log σ²), [B, Z] each."""
+    return self.encode(x)
+
+  @nn.nowrap
+  def importance_noise(self, key: Array) -> Array:
+    """Standard normal ε [Z] of one sample of one example (no variables needed)."""
+    return jax.random.normal(key, (self.latent_dim,))
+
+  def log_weight_terms(self, posterior: tuple[Array, Array], x: Array, eps: Array
+                       ) -> tuple[Array, Array, Array]:
+    """log p(x | z), log p(z), log q(z | x) of z = μ + σ ε per row, each [B] nats."""
+    return gaussian_log_weight_terms(self.decode, posterior, x, eps)

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 Array = jax.Array
 # eps_fn(x_t [B, ...], t [B] int32) -> predicted noise, x_t's shape.
@@ -351,7 +351,7 @@ class SemanticEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    h = ae_nn.ConvEncoder(tuple(self.channels), kernel_size=4, activation='silu')(x)
+    h = layers.ConvEncoder(tuple(self.channels), kernel_size=4, activation='silu')(x)
     return nn.Dense(self.latent_dim)(h.reshape(h.shape[0], -1))
 
 

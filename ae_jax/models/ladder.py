@@ -34,6 +34,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import flax.struct
@@ -41,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from ae_jax import losses
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 Array = jax.Array
 
@@ -121,7 +122,13 @@ class LadderVAE(nn.Module):
   bottom-up path; `down_{i}` and `down_head_{i}` for the top-down prior of
   layer i < L-1 given z_{i+1}; `decoder` (MLP to D logits).
 
+  Importance sampling (`ae_jax.likelihood`): `importance_context` is the
+  bottom-up pass, `importance_noise` one ε per layer, `log_weight_terms` the
+  log densities summed over the layers.
+
   Attributes:
+    family: 'ladder_vae', a hierarchy of Gaussian latents (no one-layer
+      `encode`).
     input_dim: D.
     hidden: deterministic sizes d_1..d_L (also used, reversed, top-down).
     latent_dims: Z_1..Z_L, one per layer; at least 3 is the paper's setting.
@@ -133,6 +140,7 @@ class LadderVAE(nn.Module):
     Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016,
     https://arxiv.org/abs/1602.02282.
   """
+  family: ClassVar[str] = 'ladder_vae'
   input_dim: int = 784
   hidden: Sequence[int] = (512, 256, 128)
   latent_dims: Sequence[int] = (64, 32, 16)
@@ -153,7 +161,7 @@ class LadderVAE(nn.Module):
       raise ValueError(f'layers_per_block must be >= 1, got {self.layers_per_block}.')
     if self.min_variance <= 0:
       raise ValueError(f'min_variance must be > 0, got {self.min_variance}.')
-    block = lambda width: ae_nn.MLP((width,) * self.layers_per_block, activation=self.activation,
+    block = lambda width: layers.MLP((width,) * self.layers_per_block, activation=self.activation,
                                     final_activation=self.activation)
     num = len(self.latent_dims)
     self.up = [block(h) for h in self.hidden]
@@ -161,7 +169,7 @@ class LadderVAE(nn.Module):
     self.down = [block(self.hidden[i]) for i in range(num - 1)]
     self.down_head = [_GaussianHead(self.latent_dims[i], self.min_variance)
                       for i in range(num - 1)]
-    self.decoder = ae_nn.MLP((self.hidden[0],) * self.layers_per_block + (self.input_dim,),
+    self.decoder = layers.MLP((self.hidden[0],) * self.layers_per_block + (self.input_dim,),
                              activation=self.activation, final_activation=None)
 
   @property
@@ -253,6 +261,16 @@ class LadderVAE(nn.Module):
       mean, log_var = self.prior(i, z[i + 1])
       z[i] = mean + jnp.exp(0.5 * log_var) * noise[i]
     return self.decode(z[0]), tuple(z)
+
+  def importance_context(self, x: Array) -> tuple[tuple[Array, Array], ...]:
+    """What the importance samples of `x` share: the bottom-up pass (`bottom_up`)."""
+    return self.bottom_up(x)
+
+  @nn.nowrap
+  def importance_noise(self, key: Array) -> tuple[Array, ...]:
+    """Standard normal ε_i [Z_i] per layer for one sample of one example (no variables)."""
+    keys = jax.random.split(key, len(self.latent_dims))
+    return tuple(jax.random.normal(k, (z,)) for k, z in zip(keys, self.latent_dims))
 
   def log_weight_terms(self, stats: Sequence[tuple[Array, Array]], x: Array,
                        noise: Sequence[Array]) -> tuple[Array, Array, Array]:

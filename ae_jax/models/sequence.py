@@ -28,12 +28,14 @@ References:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 Array = jax.Array
 
@@ -117,6 +119,7 @@ class SequenceVAE(nn.Module):
   """GRU encoder to (μ, log σ²), GRU decoder with teacher forcing; see module docstring.
 
   Attributes:
+    family: 'sequence_vae', a VAE of token rows (`ae_jax.molecules`).
     vocab_size: V, the tokenizer's vocabulary size (special tokens included).
     max_length: L, the token row length.
     embed_dim: E.
@@ -127,6 +130,7 @@ class SequenceVAE(nn.Module):
   References:
     Gómez-Bombarelli et al. 2018 (the chemical VAE); Kingma & Welling 2014.
   """
+  family: ClassVar[str] = 'sequence_vae'
   vocab_size: int
   max_length: int
   embed_dim: int = 64
@@ -179,7 +183,7 @@ class SequenceVAE(nn.Module):
   def __call__(self, tokens: Array, key: Array) -> SequenceVAEOutput:
     """Encodes, samples z with `key` (reparameterized) and decodes with teacher forcing."""
     mean, log_var = self.encode(tokens)
-    z = ae_nn.reparameterize(key, mean, log_var)
+    z = layers.reparameterize(key, mean, log_var)
     return SequenceVAEOutput(logits=self.decode(z, tokens), z=z, mean=mean, log_var=log_var)
 
   def generate(self, z: Array, key: Array, *, temperature: float = 1.0, greedy: bool = False,

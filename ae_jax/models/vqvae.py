@@ -7,12 +7,13 @@ K number of codes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import flax.struct
 import jax
 
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 Array = jax.Array
 
@@ -57,6 +58,8 @@ class VQVAE(nn.Module):
   from `z_e` and `z_q`.
 
   Attributes:
+    family: 'vqvae', what the applications call a vector-quantized model
+      (`encode` gives z_e, `quantize` snaps it to the codebook).
     num_codes: K.
     code_dim: D.
     ema: use the EMA codebook instead of the gradient-trained one.
@@ -73,6 +76,7 @@ class VQVAE(nn.Module):
     van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
     Learning", NeurIPS 2017, https://arxiv.org/abs/1711.00937.
   """
+  family: ClassVar[str] = 'vqvae'
   num_codes: int = 64
   code_dim: int = 16
   ema: bool = False
@@ -86,28 +90,28 @@ class VQVAE(nn.Module):
   image_shape: Sequence[int] = (28, 28, 1)
 
   def setup(self):
-    sizes = ae_nn.conv_encoder_sizes(self.image_shape[:2], 2)
+    sizes = layers.conv_encoder_sizes(self.image_shape[:2], 2)
     half = max(self.hidden_channels // 2, 1)
-    self.encoder_convs = ae_nn.ConvEncoder(
+    self.encoder_convs = layers.ConvEncoder(
         (half, self.hidden_channels), kernel_size=4)
     self.encoder_conv = nn.Conv(self.hidden_channels, (3, 3), padding='SAME')
-    self.encoder_res = ae_nn.ResidualStack(self.num_res_blocks,
+    self.encoder_res = layers.ResidualStack(self.num_res_blocks,
                                            self.res_channels)
     self.pre_quantization = nn.Conv(self.code_dim, (1, 1))
     if self.ema:
-      self.quantizer = ae_nn.VectorQuantizerEMA(
+      self.quantizer = layers.VectorQuantizerEMA(
           self.num_codes, self.code_dim, decay=self.decay,
           epsilon=self.epsilon, axis_name=self.axis_name,
           dead_code_threshold=self.dead_code_threshold)
     else:
       if self.axis_name is not None or self.dead_code_threshold is not None:
         raise ValueError('axis_name and dead_code_threshold need ema=True; '
-                         'use ae_jax.nn.restart_dead_codes otherwise.')
-      self.quantizer = ae_nn.VectorQuantizer(self.num_codes, self.code_dim)
+                         'use ae_jax.layers.restart_dead_codes otherwise.')
+      self.quantizer = layers.VectorQuantizer(self.num_codes, self.code_dim)
     self.decoder_conv = nn.Conv(self.hidden_channels, (3, 3), padding='SAME')
-    self.decoder_res = ae_nn.ResidualStack(self.num_res_blocks,
+    self.decoder_res = layers.ResidualStack(self.num_res_blocks,
                                            self.res_channels)
-    self.decoder_convs = ae_nn.ConvDecoder(
+    self.decoder_convs = layers.ConvDecoder(
         (half, self.image_shape[2]), output_shapes=sizes[-2::-1],
         kernel_size=4, activate_final=False)
 
@@ -120,7 +124,7 @@ class VQVAE(nn.Module):
     return self.pre_quantization(h)
 
   def quantize(self, z_e: Array, *, train: bool = False
-               ) -> ae_nn.QuantizerOutput:
+               ) -> layers.QuantizerOutput:
     """Quantizes z_e [B, h, w, D] (updates EMA stats when training)."""
     return self.quantizer(z_e, train=train)
 

@@ -36,7 +36,7 @@ from ae_jax.molecules import tokenizer as tokenizer_lib
 
 MOSES_SPLITS = ('train', 'test', 'test_scaffolds')
 MOLECULE_DATASETS = ('moses',)
-"""Dataset names the runner serves as token arrays (`config.data.name`)."""
+"""Values of `config.data.name` served as token arrays (`ae_jax.recipes.sequence_vae`)."""
 
 INSTALL_HINT = '`pip install --no-deps molsets` (or `pip install -e .[molecules]` then that)'
 
@@ -176,26 +176,6 @@ def open_moses_source(split: str, *, representation: str, max_length: int,
 def tokenizer_from_config(data_config: Any) -> tokenizer_lib.Tokenizer:
   """The tokenizer a run's `config.data` describes."""
   return tokenizer_lib.Tokenizer(data_config.representation, max_length=data_config.max_length)
-
-
-def check_config(config: Any) -> None:
-  """Rejects a molecule run whose model does not fit its tokenizer.
-
-  An embedding lookup past the vocabulary would not fail under jit (JAX clips
-  the index), so the sizes are compared up front.
-
-  Raises:
-    ValueError: naming the fields that disagree.
-  """
-  tok = tokenizer_from_config(config.data)
-  if config.model.get('vocab_size') != tok.vocab_size:
-    raise ValueError(
-        f'config.model.vocab_size={config.model.get("vocab_size")} but the '
-        f'{tok.representation} tokenizer has {tok.vocab_size} tokens; build the config with '
-        'the representation as its argument (e.g. molecule_vae.py:default,smiles).')
-  if config.model.get('max_length') != tok.max_length:
-    raise ValueError(f'config.model.max_length={config.model.get("max_length")} differs from '
-                     f'config.data.max_length={tok.max_length}.')
 
 
 def source_from_config(data_config: Any, split: str) -> TokenSource:

@@ -6,15 +6,9 @@ pyplot); molecule drawings come from RDKit's `Draw.MolsToGridImage`.
 
 from __future__ import annotations
 
-import os
-
-import jax
 import numpy as np
 from matplotlib.figure import Figure
 
-from ae_jax import plotting
-from ae_jax.molecules import data as data_lib
-from ae_jax.molecules import generation
 from ae_jax.molecules import metrics as metrics_lib
 
 _PROPERTY_LABELS = {'qed': 'QED', 'logp': 'logP (Crippen)', 'weight': 'molecular weight (Da)'}
@@ -23,7 +17,8 @@ _PROPERTY_LABELS = {'qed': 'QED', 'logp': 'logP (Crippen)', 'weight': 'molecular
 def save_reconstruction_table(inputs: list[str], outputs: list[str], path: str, *,
                               title: str = '') -> str:
   """Input SMILES and their greedy reconstructions as a text table."""
-  fig = Figure(figsize=(11, 0.32 * len(inputs) + 1.0))
+  # About 0.12 inch a line of 7-point text, plus the title.
+  fig = Figure(figsize=(11, 0.14 * (len(inputs) + 1) + 0.5))
   ax = fig.subplots()
   ax.axis('off')
   lines = [f'{"input":<60} {"reconstruction":<60} same']
@@ -79,32 +74,3 @@ def save_molecule_grid(smiles: list[str], path: str, *, legends: list[str] | Non
                                legends=labels, returnPNG=False)
   image.save(path)
   return path
-
-
-def write_run_figures(config, model, state, workdir: str, key: jax.Array) -> list[str]:
-  """The runner's figures for a `SequenceVAE` run.
-
-  reconstructions.png (test SMILES and greedy reconstructions from μ),
-  latent_map.png (posterior means of test molecules), training_curves.png.
-  """
-  del key  # Greedy decoding draws nothing.
-  n = config.train.num_figure_examples
-  source = data_lib.source_from_config(config.data, config.data.eval_split)
-  tok = data_lib.tokenizer_from_config(config.data)
-  variables = jax.device_get({**state.params, **state.model_state})
-  count = min(len(source), max(n, 200))
-  tokens = source.tokens[:count]
-  _, decoded = generation.reconstruction_accuracy(
-      model, variables, tokens[:n], list(source.smiles[:n]), tok=tok)
-  paths = [save_reconstruction_table(
-      list(source.smiles[:n]), decoded, plotting.figure_path(workdir, 'reconstructions.png'),
-      title=f'{config.variant} ({tok.representation}): test molecules, greedy reconstructions')]
-  means = generation.encode_means(model, variables, tokens)
-  paths.append(plotting.save_latent_map(
-      means, None, plotting.figure_path(workdir, 'latent_map.png'),
-      title=f'{config.variant}: posterior means of {count} test molecules'))
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(metrics_path):
-    paths.append(plotting.save_training_curves(
-        metrics_path, plotting.figure_path(workdir, 'training_curves.png')))
-  return paths

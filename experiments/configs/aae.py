@@ -42,7 +42,7 @@ def _parse(arg):
 def get_config(arg=None):
   preset, prior = _parse(arg)
   config = common.base_config()
-  config.variant = 'aae'
+  config.recipe = 'aae'
   config.model = dict(name='aae', input_dim=784, hidden=(512, 256), latent_dim=2,
                       disc_hidden=(256, 256), num_classes=10 if prior == 'conditional' else 0)
   config.loss = dict(

@@ -13,7 +13,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'beta_vae'
+  config.recipe = 'vae'
   config.model = dict(name='mlp_vae', hidden=(400,), latent_dim=10)
   config.loss = dict(beta=4.0, warmup_steps=500, reconstruction='bernoulli',
                      capacity_max=config_dict.placeholder(float), capacity_steps=2000,

@@ -1,6 +1,6 @@
 """Shared config pieces: the sections every run has and the presets.
 
-A config module defines `get_config(arg=None)` that builds its variant on
+A config module defines `get_config(arg=None)` that sets `config.recipe` (the family, a module of `ae_jax.recipes`) on
 `base_config()` and hands the preset name `arg` to `with_preset`:
 
   None / 'default'  the CPU-sized run whose numbers the README reports;
@@ -15,9 +15,9 @@ PRESETS = ('default', 'smoke', 'colab_tpu')
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The sections and defaults shared by every variant."""
+  """The sections and defaults shared by every recipe."""
   config = ml_collections.ConfigDict()
-  config.variant = ''
+  config.recipe = ''
   config.model = ml_collections.ConfigDict()
   config.loss = ml_collections.ConfigDict()
 

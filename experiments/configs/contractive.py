@@ -12,8 +12,8 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'contractive'
+  config.recipe = 'autoencoder'
   config.model = dict(name='mlp_ae', hidden=(256, 128), latent_dim=32, activation='relu',
                       latent_activation='sigmoid')
-  config.loss = dict(weight=0.1, mode='auto', num_probes=1, reconstruction='bernoulli')
+  config.loss = dict(objective='contractive', weight=0.1, mode='auto', num_probes=1, reconstruction='bernoulli')
   return common.with_preset(config, arg)

@@ -8,7 +8,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'conv_ae'
+  config.recipe = 'autoencoder'
   config.model = dict(name='conv_ae', latent_dim=16)
   config.loss = dict(reconstruction='bernoulli')
   return common.with_preset(config, arg)

@@ -10,7 +10,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'conv_vae'
+  config.recipe = 'vae'
   config.model = dict(name='conv_vae', latent_dim=16, channels=(32, 64, 128))
   config.loss = dict(beta=1.0, warmup_steps=200, reconstruction='bernoulli', objective='elbo',
                      num_samples=1)

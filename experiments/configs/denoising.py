@@ -10,8 +10,8 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'denoising'
+  config.recipe = 'autoencoder'
   config.model = dict(name='mlp_ae', hidden=(256, 128), latent_dim=32, activation='relu',
                       latent_activation=None)
-  config.loss = dict(noise='gaussian', noise_level=0.3, reconstruction='bernoulli')
+  config.loss = dict(objective='denoising', noise='gaussian', noise_level=0.3, reconstruction='bernoulli')
   return common.with_preset(config, arg)

@@ -13,7 +13,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'vae'
+  config.recipe = 'vae'
   config.model = dict(name='mlp_vae', hidden=(400,), latent_dim=20)
   config.loss = dict(beta=1.0, warmup_steps=0, reconstruction='bernoulli', objective='iwae',
                      num_samples=5)

@@ -17,7 +17,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'ladder_vae'
+  config.recipe = 'ladder'
   config.model = dict(name='ladder_vae', hidden=(512, 256, 128), latent_dims=(64, 32, 16),
                       layers_per_block=2, activation='leaky_relu', min_variance=1e-4)
   config.loss = dict(beta=1.0, warmup_steps=5 * common.FASHION_EPOCH_STEPS, free_bits=0.0,

@@ -6,9 +6,11 @@
   python -m experiments.main --config=experiments/configs/molecule_vae.py:smoke --workdir=/tmp/m
 
 The argument is a preset ('default', 'smoke', 'colab_tpu') and optionally the
-representation ('selfies' or 'smiles'), comma-separated. `experiments.molecules`
-trains through the runner, then samples `molecules.num_samples` molecules and
-computes the metrics; `experiments.main` only trains.
+representation ('selfies' or 'smiles'), comma-separated. The recipe is
+`ae_jax.recipes.sequence_vae`: `experiments.main` trains it (into
+<workdir>/model/, figures in <workdir>/figures/); `experiments.molecules`
+trains it the same way, then samples `molecules.num_samples` molecules and
+computes the metrics.
 
 Default (CPU, 2 cores, under 30 minutes): GRU 256 encoder and decoder, Z = 64,
 a 200k-molecule subset of MOSES train, 3,000 steps of 128 (about 2 epochs of
@@ -41,7 +43,7 @@ def get_config(arg=None):
   max_length = MAX_LENGTH[representation]
 
   config = common.base_config()
-  config.variant = 'sequence_vae'
+  config.recipe = 'sequence_vae'
   config.model = dict(name='sequence_vae', vocab_size=vocab_size, max_length=max_length,
                       embed_dim=64, encoder_hidden=256, decoder_hidden=256, latent_dim=64)
   config.loss = dict(beta=0.1, warmup_steps=1500)

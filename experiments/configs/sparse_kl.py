@@ -8,7 +8,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'sparse_kl'
+  config.recipe = 'autoencoder'
   config.model = dict(name='mlp_ae', hidden=(256, 128), latent_dim=64, activation='relu',
                       latent_activation='sigmoid')
   config.loss = dict(reconstruction='bernoulli', kl_sparsity_weight=3.0, rho=0.05)

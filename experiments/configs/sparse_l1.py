@@ -8,7 +8,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'sparse_l1'
+  config.recipe = 'autoencoder'
   config.model = dict(name='mlp_ae', hidden=(256, 128), latent_dim=64, activation='relu',
                       latent_activation='relu')
   config.loss = dict(reconstruction='bernoulli', l1_weight=0.05)

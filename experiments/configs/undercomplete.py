@@ -8,7 +8,7 @@ from experiments.configs import common
 
 def get_config(arg=None):
   config = common.base_config()
-  config.variant = 'undercomplete'
+  config.recipe = 'autoencoder'
   config.model = dict(name='mlp_ae', hidden=(256, 128), latent_dim=32, activation='relu',
                       latent_activation=None)
   config.loss = dict(reconstruction='bernoulli', output_activation='sigmoid')

@@ -59,22 +59,28 @@ if not FULL:
     settings.iwae_samples = 20
     settings.classes = tuple(sorted({1, NORMAL_CLASS}))
 ae_config.data.batch_size = config.data.batch_size
+for c in (config, ae_config):
+    c.train.log_every_steps = 5  # Train metrics for the curves below.
+    c.train.progress_bar = False
 print('VAE:', config.model.to_dict(), ' steps:', config.train.num_train_steps)
 print('protocol:', {k: settings[k] for k in ('classes', 'validation_fraction', 'quantile',
                                               'iwae_samples', 'recon_samples')})
 
 # %%
+import json
+import os
+import tempfile
+
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from ae_jax import build
 from ae_jax import data
 from ae_jax import notebook_utils as nbu
-from ae_jax import train
+from ae_jax import training
 from ae_jax.applications import anomaly
+from experiments import anomaly as anomaly_script
 
 # ae_jax.applications selects matplotlib's file-only backend for the launcher;
 # this brings back inline figures.
@@ -89,40 +95,35 @@ test_images, test_labels = data.load_arrays(config.data.name, 'test')
 #
 # `anomaly.one_class_split` takes the train images of the normal digit and
 # holds out a tenth of them: normal data the model never saw, to set the
-# threshold with. `data.batches` iterates over arrays as well as over named
-# datasets.
+# threshold with. `anomaly_script.class_config` (from `python -m
+# experiments.anomaly`) puts those images where the config names its dataset:
+# the data pipeline reads arrays as well as named datasets.
+# `training.train_or_restore` trains the config's recipe into a work
+# directory and returns the model and its variables.
 
 # %%
-def fit(config, images):
-    """Trains `config`'s model on `images`; returns (model, variables, losses)."""
-    model = build.build_model(config.model)
-    objective = build.build_objective(config.variant, model, config.loss)
-    tx = build.build_optimizer(config.optim)
-    init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
-    if config.model.name == 'mlp_vae':
-        variables = model.init(init_key, jnp.asarray(images[:1]), init_key)
-    else:
-        variables = model.init(init_key, jnp.asarray(images[:1]))
-    state = train.create_train_state(variables, tx)
-    train_step = train.make_train_step(objective, tx)
-    batches = data.batches({'image': images}, batch_size=config.data.batch_size,
-                           seed=config.data.shuffle_seed)
-    losses = []
-    for _ in range(config.train.num_train_steps):
-        state, metrics = train_step(state, jax.tree.map(jnp.asarray, next(batches)), train_key)
-        losses.append(metrics['loss'])
-    train.check_finite_metrics(metrics, int(state.step))
-    return model, state.params, np.asarray(jax.device_get(losses))
+root = tempfile.mkdtemp(prefix='ae_jax_anomaly_')
+
+
+def fit(config, images, digit):
+    """Trains `config`'s model on `images` of `digit`; returns (model, variables,
+    the train loss every 5 steps)."""
+    workdir = os.path.join(root, f'{config.recipe}_{digit}')
+    model, variables = training.train_or_restore(
+        anomaly_script.class_config(config, images, digit), workdir)
+    with open(os.path.join(workdir, 'model', 'metrics.jsonl')) as f:
+        losses = [r['loss'] for r in map(json.loads, f) if r['split'] == 'train']
+    return model, variables, np.array(losses)
 
 
 normal_train, normal_val = anomaly.one_class_split(
     train_images, train_labels, NORMAL_CLASS,
     validation_fraction=settings.validation_fraction, seed=settings.seed)
 print(f'digit {NORMAL_CLASS}: {len(normal_train)} train, {len(normal_val)} validation images')
-vae, vae_variables, vae_losses = fit(config, normal_train)
-ae, ae_variables, ae_losses = fit(ae_config, normal_train)
+vae, vae_variables, vae_losses = fit(config, normal_train, NORMAL_CLASS)
+ae, ae_variables, ae_losses = fit(ae_config, normal_train, NORMAL_CLASS)
 for name, losses in (('VAE', vae_losses), ('AE', ae_losses)):
-    print(f'{name} train loss: first 20 steps {losses[:20].mean():.1f} -> last 20 steps {losses[-20:].mean():.1f}')
+    print(f'{name} train loss: first 20 steps {losses[:4].mean():.1f} -> last 20 steps {losses[-4:].mean():.1f}')
 
 # %% [markdown]
 # ## Score the test split
@@ -213,7 +214,7 @@ for digit in settings.classes:
     if digit == NORMAL_CLASS:  # Trained above, on the same split.
         model, variables = vae, vae_variables
     else:
-        model, variables, _ = fit(config, digit_train)
+        model, variables, _ = fit(config, digit_train, digit)
     per_class[digit] = anomaly.evaluate_scores(
         anomaly.anomaly_scores(model, variables, digit_val, key, **score_kwargs),
         anomaly.anomaly_scores(model, variables, test_images, key, **score_kwargs),

@@ -27,8 +27,9 @@
 # | contractive | λ·‖∂f(x)/∂x‖²_F, the encoder's Jacobian | Rifai et al. 2011 |
 #
 # Every model is `ae_jax.models.MLPAutoencoder` (784-256-128-code and its
-# mirror, Bernoulli decoder); each variant is one config in
-# `experiments/configs/` and one objective in `ae_jax.objectives`. We then look
+# mirror, Bernoulli decoder); each is one config in
+# `experiments/configs/` of the one recipe `ae_jax/recipes/autoencoder.py`
+# (`config.loss.objective` picks the objective in `ae_jax.objectives`). We then look
 # at what each learned: reconstructions, robustness to noise, first-layer
 # filters, the codes, and the encoder's sensitivity to its input.
 
@@ -61,12 +62,17 @@ configs = {
     'contractive': contractive.get_config(),
 }
 for name, config in configs.items():
+    config.train.log_every_steps = 5  # Train metrics for the curves below.
+    config.train.progress_bar = False
     if not FULL:
         config.data.batch_size = 64
         config.train.num_train_steps = 600
-    print(f'{name:13s}', config.model.to_dict(), config.loss.to_dict())
+    print(f'{name:13s}', config.recipe, config.model.to_dict(), config.loss.to_dict())
 
 # %%
+import json
+import os
+import tempfile
 import time
 
 import jax
@@ -74,13 +80,13 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ae_jax import build
 from ae_jax import corruption
 from ae_jax import data
 from ae_jax import losses
 from ae_jax import notebook_utils as nbu
 from ae_jax import objectives
-from ae_jax import train
+from ae_jax import recipes
+from ae_jax import training
 
 print('JAX', jax.__version__, 'on', jax.devices())
 test_images, test_labels = data.load_arrays('mnist5k', 'test')
@@ -88,36 +94,34 @@ test_images, test_labels = data.load_arrays('mnist5k', 'test')
 # %% [markdown]
 # ## Training
 #
-# One function trains any of the configs with the library's jitted step. All
-# runs share the data seed, so they see the same batches in the same order.
+# The recipe turns each config into a stage (model, pure train and eval steps,
+# data, schedule) and `training.fit` trains it with the library's one loop,
+# into its own directory (metrics.jsonl, checkpoints). All runs share the data
+# seed, so they see the same batches in the same order.
 
 # %%
-def fit(config):
-    """Trains `config`'s model; returns (model, state, per-step history)."""
-    model = build.build_model(config.model)
-    objective = build.build_objective(config.variant, model, config.loss)
-    tx = build.build_optimizer(config.optim)
-    init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
-    state = train.create_train_state(model.init(init_key, jnp.asarray(test_images[:1])), tx)
-    train_step = train.make_train_step(objective, tx)
-    batches = data.batches(config.data.name, 'train', batch_size=config.data.batch_size,
-                           seed=config.data.shuffle_seed)
-    history = {'loss': [], 'recon': []}
-    for _ in range(config.train.num_train_steps):
-        state, metrics = train_step(state, jax.tree.map(jnp.asarray, next(batches)), train_key)
-        for metric in history:
-            history[metric].append(metrics[metric])
-    train.check_finite_metrics(metrics, int(state.step))
-    return model, state, {k: np.asarray(jax.device_get(v)) for k, v in history.items()}
+root = tempfile.mkdtemp(prefix='ae_jax_zoo_')
+
+
+def fit(name, config):
+    """Trains `config`'s model; returns (model, variables, train records every 5 steps)."""
+    stage = recipes.get(config.recipe).make_stage(config, 'model', {})
+    workdir = os.path.join(root, name.replace(' ', '_'))
+    trained = training.fit(stage, workdir)
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        records = [r for r in map(json.loads, f) if r['split'] == 'train']
+    history = {k: np.array([r[k] for r in records]) for k in ('step', 'loss', 'recon')}
+    return stage.model, trained.variables, history
 
 
 runs = {}
 for name, config in configs.items():
     start = time.time()
-    runs[name] = fit(config)
-    recon = runs[name][2]['recon']
-    print(f'{name:13s} train recon (nats/image): first 50 steps {recon[:50].mean():6.1f}'
-          f' -> last 50 steps {recon[-50:].mean():6.1f}   ({time.time() - start:.1f} s)')
+    runs[name] = fit(name, config)
+    steps, recon = runs[name][2]['step'], runs[name][2]['recon']
+    first, last = steps <= 50, steps > steps[-1] - 50
+    print(f'{name:13s} train recon (nats/image): first 50 steps {recon[first].mean():6.1f}'
+          f' -> last 50 steps {recon[last].mean():6.1f}   ({time.time() - start:.1f} s)')
 
 # %% [markdown]
 # The reconstruction term alone (the penalties differ in scale, so the total
@@ -127,8 +131,8 @@ for name, config in configs.items():
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5))
 for name, (_, _, history) in runs.items():
-    smooth = np.convolve(history['recon'], np.ones(20) / 20, mode='valid')
-    ax.plot(smooth, label=name)
+    smooth = np.convolve(history['recon'], np.ones(4) / 4, mode='valid')
+    ax.plot(history['step'][3:], smooth, label=name)
 ax.set(xlabel='step', ylabel='recon (nats/image, 20-step mean)', yscale='log',
        title='training reconstruction loss')
 ax.legend();
@@ -144,8 +148,8 @@ ax.legend();
 # %%
 x = jnp.asarray(test_images)
 noisy = corruption.gaussian_noise(x, jax.random.key(7), sigma=0.3)
-outputs = {name: model.apply(state.params, x) for name, (model, state, _) in runs.items()}
-outputs_noisy = {name: model.apply(state.params, noisy) for name, (model, state, _) in runs.items()}
+outputs = {name: model.apply(variables, x) for name, (model, variables, _) in runs.items()}
+outputs_noisy = {name: model.apply(variables, noisy) for name, (model, variables, _) in runs.items()}
 
 show = slice(0, 10)
 nbu.show_image_rows({'input': x[show], **{n: jax.nn.sigmoid(o.logits[show]) for n, o in outputs.items()}},
@@ -165,8 +169,8 @@ nbu.show_image_rows({'noisy input': noisy[show],
 
 # %%
 nbu.show_image_rows(
-    {name: nbu.filters_as_images(model.first_kernel(state.params), (28, 28, 1), num=16)
-     for name, (model, state, _) in runs.items()},
+    {name: nbu.filters_as_images(model.first_kernel(variables), (28, 28, 1), num=16)
+     for name, (model, variables, _) in runs.items()},
     title='first 16 first-layer filters');
 
 # %% [markdown]
@@ -213,11 +217,11 @@ print(f'sparse L1: {np.mean(z_l1 == 0):.0%} of code entries are exactly 0, '
 # %%
 num_jacobian = 200
 print(f"{'model':13s} {'recon clean':>11s} {'recon noisy':>11s} {'|J|_F^2':>9s} {'|z|<0.05':>9s}")
-for name, (model, state, _) in runs.items():
+for name, (model, variables, _) in runs.items():
     recon_clean = objectives.reconstruction_loss(outputs[name].logits, x, kind='bernoulli').mean()
     recon_noisy = objectives.reconstruction_loss(outputs_noisy[name].logits, x, kind='bernoulli').mean()
-    encode_one = lambda x_D, model=model, state=state: model.apply(
-        state.params, x_D[None], method=model.encode)[0]
+    encode_one = lambda x_D, model=model, variables=variables: model.apply(
+        variables, x_D[None], method=model.encode)[0]
     jacobian = losses.contractive_penalty(encode_one, x[:num_jacobian].reshape(num_jacobian, -1)).mean()
     near_zero = jnp.mean(jnp.abs(outputs[name].z) < 0.05)
     print(f'{name:13s} {recon_clean:11.1f} {recon_noisy:11.1f} {jacobian:9.3g} {near_zero:9.0%}')

@@ -49,23 +49,27 @@ FULL = False  # True: the config's full size, 2,000 steps of batch 128.
 from experiments.configs.apps import latent as latent_config
 
 config = latent_config.get_config()  # experiments/configs/vae.py plus a 'latent' section.
+config.train.log_every_steps = 10  # Train metrics for the curve below.
 if not FULL:
     config.data.batch_size = 64
     config.train.num_train_steps = 1500
 settings = config.latent
-print('model:', config.model.to_dict(), ' steps:', config.train.num_train_steps)
+print('recipe:', config.recipe, ' model:', config.model.to_dict(),
+      ' steps:', config.train.num_train_steps)
 
 # %%
+import json
+import os
+import tempfile
+
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
 from ae_jax import applications
-from ae_jax import build
 from ae_jax import data
 from ae_jax import notebook_utils as nbu
-from ae_jax import train
+from ae_jax import training
 from ae_jax.applications import latent
 
 # ae_jax.applications selects matplotlib's file-only backend for the launcher;
@@ -78,25 +82,19 @@ image_shape = test_images.shape[1:]
 
 # %% [markdown]
 # ## Train the VAE
+#
+# `training.train_or_restore` is what `python -m experiments.latent` calls: it
+# trains the config's recipe into the work directory (or restores a run
+# finished there) and returns the model and its variables.
 
 # %%
-model = build.build_model(config.model)
-objective = build.build_objective(config.variant, model, config.loss)
-tx = build.build_optimizer(config.optim)
-init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
-state = train.create_train_state(model.init(init_key, jnp.asarray(test_images[:1]), init_key), tx)
-train_step = train.make_train_step(objective, tx)
-batches = data.batches(config.data.name, 'train', batch_size=config.data.batch_size,
-                       seed=config.data.shuffle_seed)
-losses = []
-for _ in range(config.train.num_train_steps):
-    state, metrics = train_step(state, jax.tree.map(jnp.asarray, next(batches)), train_key)
-    losses.append(metrics['loss'])
-losses = np.asarray(jax.device_get(losses))
-train.check_finite_metrics(metrics, int(state.step))
-print(f'train loss (negative ELBO, nats): first 50 steps {losses[:50].mean():.1f}'
-      f' -> last 50 steps {losses[-50:].mean():.1f}')
-variables = state.params
+workdir = tempfile.mkdtemp(prefix='ae_jax_latent_tour_')
+model, variables = training.train_or_restore(config, workdir)
+with open(os.path.join(workdir, 'model', 'metrics.jsonl')) as f:
+    records = [r for r in map(json.loads, f) if r['split'] == 'train']
+steps, losses = np.array([r['step'] for r in records]), np.array([r['loss'] for r in records])
+print(f'train loss (negative ELBO, nats): first 50 steps {losses[steps <= 50].mean():.1f}'
+      f' -> last 50 steps {losses[steps > steps[-1] - 50].mean():.1f}')
 
 # %% [markdown]
 # ## Codes, and which dimensions are in use

@@ -25,7 +25,9 @@
 #   gradients averaged with `lax.pmean`.
 #
 # Both apply the update that one device would apply to the whole batch. This
-# notebook checks that, step by step, from the same start and the same batches.
+# notebook checks that, step by step, from the same start and the same batches,
+# then trains with `ae_jax.training.fit`, the loop behind the launcher, which
+# takes the `jit` path by itself on several devices.
 #
 # On a Colab TPU runtime it uses the TPU's cores. Anywhere else it asks XLA for
 # four fake CPU devices, which must happen before JAX starts, hence the cell
@@ -65,15 +67,23 @@ if importlib.util.find_spec('libtpu') is None:
 # %%
 FULL = False  # True: a longer data-parallel run at the end (2,000 steps).
 
+import json
+import os
+import tempfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import build
 from ae_jax import data
 from ae_jax import notebook_utils as nbu
+from ae_jax import objectives
 from ae_jax import parallel
+from ae_jax import recipes
 from ae_jax import train
+from ae_jax import training
+from ae_jax.recipes import autoencoder as autoencoder_recipe
+from ae_jax.recipes import common as recipe_common
 from experiments.configs import denoising, undercomplete
 
 num_devices = jax.device_count()
@@ -82,18 +92,21 @@ print('JAX', jax.__version__, f'with {num_devices} devices:', jax.devices())
 # %% [markdown]
 # ## One model, one start, the same batches
 #
-# The undercomplete MLP autoencoder of `experiments/configs/undercomplete.py`.
-# The global batch must divide evenly over the devices. We keep the batches on
-# the host and hand the same ones to each path.
+# The undercomplete MLP autoencoder of `experiments/configs/undercomplete.py`,
+# its model, objective and optimizer built from the config's sections by the
+# helpers the recipes use (`ae_jax.recipes.common`). The global batch must
+# divide evenly over the devices. We keep the batches on the host and hand the
+# same ones to each path.
 
 # %%
 config = undercomplete.get_config()
 config.data.batch_size = 16 * num_devices
 num_compare_steps = 5
 
-model = build.build_model(config.model)
-objective = build.build_objective(config.variant, model, config.loss)
-tx = build.build_optimizer(config.optim)
+model = recipe_common.build_model(config.model, autoencoder_recipe.MODELS)
+objective = recipe_common.build_objective(objectives.make_autoencoder_objective, model,
+                                          config.loss)
+tx = recipe_common.build_optimizer(config.optim)
 init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
 batch_iterator = data.batches(config.data.name, 'train', batch_size=config.data.batch_size,
                               seed=config.data.shuffle_seed)
@@ -173,7 +186,7 @@ print('first kernel sharding:', replicated['params']['encoder']['layers_0']['ker
 # against the parameters' moves.
 
 # %%
-sgd = build.build_optimizer(dict(name='sgd', learning_rate=1e-4, momentum=0.9))
+sgd = recipe_common.build_optimizer(dict(name='sgd', learning_rate=1e-4, momentum=0.9))
 print(f"{'optimizer':9s} {'moved':>8s} {'|single-pmap|':>14s} {'|single-sharded|':>17s}")
 for tx_name, optimizer in (('sgd', sgd), ('adam', tx)):
     single = run_single_device(objective, optimizer, host_batches)
@@ -194,8 +207,10 @@ for tx_name, optimizer in (('sgd', sgd), ('adam', tx)):
 
 # %%
 denoising_config = denoising.get_config()
-denoising_objective = build.build_objective(
-    denoising_config.variant, build.build_model(denoising_config.model), denoising_config.loss)
+denoising_objective = recipe_common.build_objective(
+    objectives.make_denoising_objective,
+    recipe_common.build_model(denoising_config.model, autoencoder_recipe.MODELS),
+    denoising_config.loss, drop=('objective',))
 single_noisy = run_single_device(denoising_objective, sgd, host_batches)
 print(f'denoising, sgd: max |single - sharded| = '
       f'{max_difference(single_noisy.params, run_sharded(denoising_objective, sgd, host_batches).params):.2g}')
@@ -206,20 +221,25 @@ print(f'denoising, sgd: max |single - pmap|    = '
 # %% [markdown]
 # ## Training data-parallel
 #
-# A longer run with the sharded step. Metrics come back replicated, so reading
-# them needs no gathering. On fake CPU devices this is no faster than one
-# device (they share the same cores); on a TPU each core takes its share.
+# `training.fit` trains a recipe's stage (its model, pure train and eval
+# steps, data and schedule) with the one training loop. On more than one
+# device it jits the step with `parallel.shard_train_step`, the path above:
+# the batch split over the mesh, the state and key replicated; metrics come
+# back replicated, so reading them needs no gathering. On fake CPU devices
+# this is no faster than one device (they share the same cores); on a TPU
+# each core takes its share.
 
 # %%
-num_steps = 2000 if FULL else 200
-state = parallel.replicate_on_mesh(train.create_train_state(params, tx), mesh)
-step = parallel.make_sharded_train_step(objective, tx, mesh)
-losses = []
-for _ in range(num_steps):
-    state, metrics = step(state, parallel.shard_batch(next(batch_iterator), mesh), train_key)
-    losses.append(float(metrics['loss']))  # Reading the loss also waits for the step.
-train.check_finite_metrics(metrics, int(state.step))
+config.train.num_train_steps = 2000 if FULL else 200
+config.train.log_every_steps = 1
+config.train.progress_bar = False
+stage = recipes.get(config.recipe).make_stage(config, 'model', {})
+workdir = tempfile.mkdtemp(prefix='ae_jax_multi_device_')
+trained = training.fit(stage, workdir)
+with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    losses = [r['loss'] for r in map(json.loads, f) if r['split'] == 'train']
 print(f'train loss: first 20 steps {np.mean(losses[:20]):.1f} -> last 20 steps {np.mean(losses[-20:]):.1f}')
+print(f"test loss after {int(trained.state.step)} steps: {trained.metrics['loss']:.1f}")
 nbu.plot_curves({'loss': losses}, title=f'sharded training on {num_devices} devices', logy=('loss',));
 
 # %% [markdown]
@@ -230,5 +250,6 @@ nbu.plot_curves({'loss': losses}, title=f'sharded training on {num_devices} devi
 # every global batch (`parallel.process_batch_slice`, or
 # `data.batches(..., process_index=jax.process_index(), process_count=jax.process_count())`),
 # and `parallel.shard_batch` assembles the global array from the pieces. The
-# launcher (`python -m experiments.main`) takes the sharded path whenever it
-# sees more than one device.
+# recipes' data functions load only this process's rows, and `training.fit`
+# (behind `python -m experiments.main`) checkpoints and resumes the same way on
+# any number of hosts.

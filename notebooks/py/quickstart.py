@@ -46,16 +46,20 @@ from experiments.configs import vae as vae_config
 
 config = vae_config.get_config()
 config.model.latent_dim = 2  # A 2-D code can be drawn as it is.
+config.train.log_every_steps = 10  # Train metrics for the curves below.
+config.train.num_eval_batches = 2  # 2 x 500: the whole test split of 1,000 digits.
 if not FULL:
     config.data.batch_size = 64
     config.train.num_train_steps = 1500
+print('recipe:', config.recipe)
 print('model:', config.model.to_dict())
 print('loss:', config.loss.to_dict())
 
 # %% [markdown]
 # The config is the launcher's (`experiments/configs/vae.py`); we only change
-# fields. The same run from a shell, with checkpoints, metrics and figures in
-# a work directory:
+# fields. `config.recipe` names the model family, a module of `ae_jax.recipes`
+# that turns the config into what the training loop runs. The same run from a
+# shell:
 #
 # ```bash
 # python -m experiments.main --config=experiments/configs/vae.py \
@@ -63,15 +67,19 @@ print('loss:', config.loss.to_dict())
 # ```
 
 # %%
+import json
+import os
+import tempfile
+
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ae_jax import build
 from ae_jax import data
 from ae_jax import notebook_utils as nbu
-from ae_jax import train
+from ae_jax import recipes
+from ae_jax import training
 
 print('JAX', jax.__version__, 'on', jax.devices())
 
@@ -79,73 +87,77 @@ print('JAX', jax.__version__, 'on', jax.devices())
 # ## Data
 #
 # `data.load_arrays` gives a whole split as arrays; `data.batches` is the
-# seeded, endless batch iterator the launcher uses. Images are float32 in
-# [0, 1] with shape [B, 28, 28, 1].
+# seeded, endless batch iterator the training loop reads. Images are float32
+# in [0, 1] with shape [B, 28, 28, 1].
 
 # %%
 test_images, test_labels = data.load_arrays(config.data.name, 'test')
-train_batches = data.batches(config.data.name, 'train', batch_size=config.data.batch_size,
-                             seed=config.data.shuffle_seed)
 print('test images', test_images.shape, test_images.dtype, 'labels', np.bincount(test_labels))
 nbu.show_images(test_images[:16], ncols=16, title='held-out test digits');
 
 # %% [markdown]
-# ## Model, objective, optimizer
+# ## The recipe's stage
 #
-# `build` turns the config sections into a linen module (`MLPVAE`,
-# 784-400-(2+2) and 2-400-784), the objective (negative ELBO with a Bernoulli
-# decoder, in nats per image) and an optax optimizer.
+# The recipe (`ae_jax/recipes/vae.py`) builds a *stage*: the linen module
+# (`MLPVAE`, 784-400-(2+2) and 2-400-784), a pure `train_step(state, batch,
+# key)` of the objective (negative ELBO with a Bernoulli decoder, in nats per
+# image) and the optimizer, an `eval_step`, the data as functions of the step
+# and the schedule. The step folds the step number into the key itself, so the
+# loop passes the same key every step, and a resumed run draws the same noise.
 
 # %%
-model = build.build_model(config.model)
-objective = build.build_objective(config.variant, model, config.loss)
-tx = build.build_optimizer(config.optim)
-
-init_key, train_key, eval_key = jax.random.split(jax.random.key(config.train.seed), 3)
-variables = model.init(init_key, jnp.asarray(test_images[:1]), init_key)
-state = train.create_train_state(variables, tx)
-print(jax.tree.map(jnp.shape, variables['params']))
-print(f'{sum(p.size for p in jax.tree.leaves(variables)):,} parameters')
+recipe = recipes.get(config.recipe)
+print('stages:', recipe.stages(config))
+stage = recipe.make_stage(config, 'model', {})
+print(stage.model)
+print(stage.schedule)
+state = jax.jit(stage.init)(jax.random.key(config.train.seed))
+print(jax.tree.map(jnp.shape, state.params['params']))
+print(f'{sum(p.size for p in jax.tree.leaves(state.params)):,} parameters')
 
 # %% [markdown]
 # ## Training
 #
-# `train.make_train_step` jits one update. It takes the run's base key and
-# folds the step number in itself, so the loop passes the same key every step.
-# Metrics stay on the device until the end: reading them every step would make
-# the host wait for each step.
+# `training.train_and_evaluate` is what the launcher runs: it fits every stage
+# of the recipe with the one training loop (`training.fit`), which jits the
+# step, evaluates on the test split (the last batch padded, the padding
+# masked out of the means), logs to `model/metrics.jsonl` and TensorBoard,
+# checkpoints to `model/checkpoints/` (run it again and it resumes, or, when
+# finished, restores), stops on a NaN, and on several devices shards the
+# batch. The recipe then draws its figures into `figures/`.
 
 # %%
-train_step = train.make_train_step(objective, tx)
-history = {'loss': [], 'recon': [], 'kl': []}
-for _ in range(config.train.num_train_steps):
-    batch = jax.tree.map(jnp.asarray, next(train_batches))
-    state, metrics = train_step(state, batch, train_key)
-    for name in history:
-        history[name].append(metrics[name])
-history = {name: np.asarray(jax.device_get(values)) for name, values in history.items()}
-train.check_finite_metrics(metrics, int(state.step))
+workdir = tempfile.mkdtemp(prefix='ae_jax_quickstart_')
+test_metrics = training.train_and_evaluate(config, workdir)
+print(sorted(os.listdir(workdir)), sorted(os.listdir(os.path.join(workdir, 'figures'))))
 
-window = 50
-print(f"train loss (negative ELBO, nats): first {window} steps {history['loss'][:window].mean():.2f}"
-      f" -> last {window} steps {history['loss'][-window:].mean():.2f}")
-nbu.plot_curves(history, title='training (per batch)');
+with open(os.path.join(workdir, 'model', 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+train_records = [r for r in records if r['split'] == 'train']
+history = {name: np.array([r[name] for r in train_records]) for name in ('loss', 'recon', 'kl')}
+steps = np.array([r['step'] for r in train_records])
+first, last = steps <= 100, steps > steps[-1] - 100
+print(f"train loss (negative ELBO, nats): first 100 steps {history['loss'][first].mean():.2f}"
+      f" -> last 100 steps {history['loss'][last].mean():.2f}")
+nbu.plot_curves(history, title=f'training (every {config.train.log_every_steps}th batch)');
 
 # %% [markdown]
 # ## Held-out evaluation
 #
-# `train.make_eval_step` returns the objective's metrics without a gradient.
-# `drop_remainder=False` pads the last batch and marks the padding in
-# `batch['mask']`, which the objective leaves out of its means.
+# `train_and_evaluate` returns the eval metrics of the final state, here over
+# the whole test split.
 
 # %%
-eval_step = train.make_eval_step(objective)
-test_batches = data.batches(config.data.name, 'test', batch_size=500, shuffle=False,
-                            num_epochs=1, drop_remainder=False)
-results = [(eval_step(state, jax.tree.map(jnp.asarray, b), eval_key), b['mask'].sum())
-           for b in test_batches]
-test_loss = sum(float(m['loss']) * n for m, n in results) / sum(n for _, n in results)
-print(f'test loss (negative ELBO, nats): {test_loss:.2f}')
+print(f"test loss (negative ELBO, nats): {test_metrics['loss']:.2f}")
+print({name: round(value, 2) for name, value in test_metrics.items()})
+
+# %% [markdown]
+# Later, or from another process, `training.restore_variables` gives back the
+# trained model and its variables, the dict `model.apply` takes, without
+# training.
+
+# %%
+model, variables = training.restore_variables(config, workdir)
 
 # %% [markdown]
 # ## Reconstructions
@@ -156,10 +168,9 @@ print(f'test loss (negative ELBO, nats): {test_loss:.2f}')
 # the code has room for the digit's identity and a little style, not detail.
 
 # %%
-params = state.params
 x = jnp.asarray(test_images[:12])
-mean, log_var = model.apply(params, x, method=model.encode)
-reconstructions = jax.nn.sigmoid(model.apply(params, mean, method=model.decode)).reshape(x.shape)
+mean, log_var = model.apply(variables, x, method=model.encode)
+reconstructions = jax.nn.sigmoid(model.apply(variables, mean, method=model.decode)).reshape(x.shape)
 nbu.show_image_rows({'input': x, 'reconstruction': reconstructions});
 
 # %% [markdown]
@@ -169,7 +180,7 @@ nbu.show_image_rows({'input': x, 'reconstruction': reconstructions});
 
 # %%
 z = jax.random.normal(jax.random.key(1), (32, config.model.latent_dim))
-samples = jax.nn.sigmoid(model.apply(params, z, method=model.decode)).reshape((-1, 28, 28, 1))
+samples = jax.nn.sigmoid(model.apply(variables, z, method=model.decode)).reshape((-1, 28, 28, 1))
 nbu.show_images(samples, ncols=16, title='decoded samples z ~ N(0, I)');
 
 # %% [markdown]
@@ -180,7 +191,7 @@ nbu.show_images(samples, ncols=16, title='decoded samples z ~ N(0, I)');
 # classes apart.
 
 # %%
-test_mean, _ = model.apply(params, jnp.asarray(test_images), method=model.encode)
+test_mean, _ = model.apply(variables, jnp.asarray(test_images), method=model.encode)
 test_mean = np.asarray(test_mean)
 fig, ax = plt.subplots(figsize=(6, 5))
 points = ax.scatter(test_mean[:, 0], test_mean[:, 1], c=test_labels, cmap='tab10', s=8)
@@ -196,7 +207,7 @@ ax.set(xlabel='$z_1$', ylabel='$z_2$', title='posterior means of the test digits
 n = 15
 quantiles = jax.scipy.special.ndtri(jnp.linspace(0.03, 0.97, n))
 grid_z = jnp.stack(jnp.meshgrid(quantiles, quantiles[::-1]), axis=-1).reshape(-1, 2)
-manifold = jax.nn.sigmoid(model.apply(params, grid_z, method=model.decode)).reshape((-1, 28, 28, 1))
+manifold = jax.nn.sigmoid(model.apply(variables, grid_z, method=model.decode)).reshape((-1, 28, 28, 1))
 nbu.show_images(manifold, ncols=n, scale=0.45, title='decoded grid over the latent plane');
 
 # %% [markdown]

@@ -66,10 +66,12 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ae_jax import build
 from ae_jax import data
 from ae_jax import notebook_utils as nbu
+from ae_jax import objectives
 from ae_jax import train
+from ae_jax.recipes import common
+from ae_jax.recipes import vqvae as vqvae_recipe
 
 print('JAX', jax.__version__, 'on', jax.devices())
 test_images, test_labels = data.load_arrays(config.data.name, 'test')
@@ -83,9 +85,9 @@ test_images, test_labels = data.load_arrays(config.data.name, 'test')
 # statistics, which the step stores in the new state.
 
 # %%
-model = build.build_model(config.model)
-objective = build.build_objective(config.variant, model, config.loss)
-tx = build.build_optimizer(config.optim)
+model = common.build_model(config.model, vqvae_recipe.MODELS)
+objective = common.build_objective(objectives.make_vqvae_objective, model, config.loss)
+tx = common.build_optimizer(config.optim)
 
 init_key, train_key = jax.random.split(jax.random.key(config.train.seed))
 variables = model.init(init_key, jnp.asarray(test_images[:1]), train=False)
@@ -205,7 +207,10 @@ nbu.show_images(mean_patches, ncols=16, scale=0.5, title='mean 4x4 patch per cod
 #
 # Grids drawn position by position from the code frequencies above decode to
 # scraps, not digits: the positions of a real code depend on each other. The
-# paper fits an autoregressive prior (PixelCNN) over the grids to sample.
+# paper fits an autoregressive prior (PixelCNN) over the grids to sample;
+# `python -m experiments.main --config=experiments/configs/apps/vq_prior.py`
+# trains one (a gated PixelCNN, the `prior` stage of the `vqvae` recipe) on
+# the frozen VQ-VAE's grids and decodes its samples.
 
 # %%
 rng = np.random.default_rng(0)

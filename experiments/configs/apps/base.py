@@ -1,8 +1,9 @@
 """What the application configs share: the argument syntax and the trained model.
 
 An application config is a training config from `experiments/configs/`
-(sections `variant`, `model`, `loss`, `optim`, `data`, `train`: the runner
-trains it) plus one section of the application's own. Its `get_config(arg)`
+(`recipe`, the family in `ae_jax.recipes`, and the sections `model`, `loss`,
+`optim`, `data`, `train`: `ae_jax.training` trains it) plus one section of the
+application's own. Its `get_config(arg)`
 takes a comma-separated argument: a preset name from `common.PRESETS`
 ('default', 'smoke', 'colab_tpu') and `model=<config name>` to start from
 another training config, e.g.

@@ -9,6 +9,11 @@ cores.
 
   python -m experiments.disentangle --config=experiments/configs/apps/disentangle.py --workdir=runs/disentangle
   python -m experiments.disentangle --config=experiments/configs/apps/disentangle.py:smoke --workdir=/tmp/disentangle
+
+The config trains one model itself (the `tcvae` recipe; `loss` is the
+β-TCVAE run's), e.g. with the launcher:
+
+  python -m experiments.main --config=experiments/configs/apps/disentangle.py --workdir=runs/tcvae
 """
 
 import ml_collections
@@ -22,13 +27,21 @@ def get_config(arg=None):
     raise ValueError(f"Unknown preset {preset!r}; expected 'default' or 'smoke'.")
   smoke = preset == 'smoke'
   config = common.base_config()
-  config.variant = 'disentangle'
+  config.recipe = 'tcvae'
   config.model = dict(name='mlp_vae', input_dim=32 * 32, hidden=(512, 256), latent_dim=10)
+  # The run `experiments.main` trains; the script sets these fields from each entry of `runs`.
+  config.loss = dict(objective='tcvae', beta=6.0)
   config.optim.learning_rate = 1e-3
-  config.data.name = 'shapes'
-  config.data.batch_size = 16 if smoke else 64
-  config.train.num_train_steps = 6 if smoke else 4000
-  config.train.log_every_steps = 3 if smoke else 1000
+  config.data.name = 'shapes'  # train and test splits: all 6,144 images
+  config.data.batch_size = 64
+  config.train.num_train_steps = 4000
+  config.train.log_every_steps = 1000
+  config.train.eval_every_steps = 1000
+  config.train.checkpoint_every_steps = 1000
+  # The eval split is the grid in factor order: all 13 batches of 500, or it holds squares only.
+  config.train.num_eval_batches = 13
+  # Model seed k trains with train.seed = k (initialisation, sampling noise) and
+  # data.shuffle_seed + k (data order).
   config.train.seed = 0
   # One model per entry: objective 'vae' (make_vae_objective, β on the KL) or
   # 'tcvae' (β on the total correlation, α = γ = 1). β-VAE runs at two β: with
@@ -54,5 +67,4 @@ def get_config(arg=None):
       seed=0,                             # the metrics' sampling
       model_seeds=(0,) if smoke else (0, 1, 2),  # one trained model per run and seed
   ))
-  config.lock()
-  return config
+  return common.with_preset(config, preset)

@@ -1,4 +1,4 @@
-"""Tests for ae_jax.nn.
+"""Tests for ae_jax.layers.
 
 Run as a script (`python nn_test.py IN.npz OUT.npz`), this file performs the
 pmap part of the cross-replica EMA test; `test_pmap_ema_matches_one_device`
@@ -17,27 +17,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ae_jax import nn as ae_nn
+from ae_jax import layers
 
 
 class ActivationTest(parameterized.TestCase):
 
   def test_known_names(self):
     x = jnp.array([-1.0, 0.0, 2.0])
-    np.testing.assert_allclose(ae_nn.get_activation('relu')(x), [0, 0, 2])
-    np.testing.assert_allclose(ae_nn.get_activation(None)(x), x)
-    np.testing.assert_allclose(ae_nn.get_activation('sigmoid')(x),
+    np.testing.assert_allclose(layers.get_activation('relu')(x), [0, 0, 2])
+    np.testing.assert_allclose(layers.get_activation(None)(x), x)
+    np.testing.assert_allclose(layers.get_activation('sigmoid')(x),
                                1 / (1 + np.exp(-np.array(x))), rtol=1e-6)
 
   def test_unknown_name_raises(self):
     with pytest.raises(ValueError, match='Unknown activation'):
-      ae_nn.get_activation('swishy')
+      layers.get_activation('swishy')
 
 
 class MLPTest(parameterized.TestCase):
 
   def test_shapes_names_and_split(self):
-    mlp = ae_nn.MLP((5, 4, 3), activation='tanh', final_activation='sigmoid')
+    mlp = layers.MLP((5, 4, 3), activation='tanh', final_activation='sigmoid')
     x = jax.random.normal(jax.random.key(0), (6, 7))
     variables = mlp.init(jax.random.key(1), x)
     params = variables['params']
@@ -55,7 +55,7 @@ class MLPTest(parameterized.TestCase):
                                rtol=1e-6)
 
   def test_manual_forward(self):
-    mlp = ae_nn.MLP((3, 2), activation='relu')
+    mlp = layers.MLP((3, 2), activation='relu')
     x = jax.random.normal(jax.random.key(2), (4, 5))
     variables = mlp.init(jax.random.key(3), x)
     p = variables['params']
@@ -72,11 +72,11 @@ class ReparameterizeTest(parameterized.TestCase):
     mean = jnp.array([[0.5, -1.0, 2.0]])
     log_var = jnp.array([[0.0, 1.0, -2.0]])
     eps = jax.random.normal(key, mean.shape)
-    z = ae_nn.reparameterize(key, mean, log_var)
+    z = layers.reparameterize(key, mean, log_var)
     np.testing.assert_allclose(z, mean + jnp.exp(0.5 * log_var) * eps,
                                rtol=1e-6)
     g_mean, g_log_var = jax.grad(
-        lambda m, lv: jnp.sum(ae_nn.reparameterize(key, m, lv)),
+        lambda m, lv: jnp.sum(layers.reparameterize(key, m, lv)),
         argnums=(0, 1))(mean, log_var)
     # dz/dmean = 1, dz/dlog_var = exp(log_var / 2) * eps / 2.
     np.testing.assert_allclose(g_mean, jnp.ones_like(mean))
@@ -87,17 +87,17 @@ class ReparameterizeTest(parameterized.TestCase):
 class ConvStackTest(parameterized.TestCase):
 
   def test_encoder_sizes(self):
-    assert ae_nn.conv_encoder_sizes((28, 28), 3) == [(28, 28), (14, 14),
+    assert layers.conv_encoder_sizes((28, 28), 3) == [(28, 28), (14, 14),
                                                      (7, 7), (4, 4)]
-    assert ae_nn.conv_encoder_sizes((32, 32), 3) == [(32, 32), (16, 16),
+    assert layers.conv_encoder_sizes((32, 32), 3) == [(32, 32), (16, 16),
                                                      (8, 8), (4, 4)]
-    assert ae_nn.conv_encoder_sizes((5, 9), 2) == [(5, 9), (3, 5), (2, 3)]
+    assert layers.conv_encoder_sizes((5, 9), 2) == [(5, 9), (3, 5), (2, 3)]
 
   @parameterized.parameters((28, 28), (32, 32), (30, 27), (9, 5))
   def test_decoder_inverts_encoder(self, height, width):
-    sizes = ae_nn.conv_encoder_sizes((height, width), 3)
-    encoder = ae_nn.ConvEncoder((2, 3, 4), kernel_size=4)
-    decoder = ae_nn.ConvDecoder((3, 2, 1), output_shapes=sizes[-2::-1],
+    sizes = layers.conv_encoder_sizes((height, width), 3)
+    encoder = layers.ConvEncoder((2, 3, 4), kernel_size=4)
+    decoder = layers.ConvDecoder((3, 2, 1), output_shapes=sizes[-2::-1],
                                 kernel_size=4, activate_final=False)
     x = jnp.ones((2, height, width, 1))
     h, _ = encoder.init_with_output(jax.random.key(0), x)
@@ -106,12 +106,12 @@ class ConvStackTest(parameterized.TestCase):
     assert y.shape == x.shape
 
   def test_decoder_rejects_impossible_size(self):
-    decoder = ae_nn.ConvDecoder((1,), output_shapes=[(9, 9)])
+    decoder = layers.ConvDecoder((1,), output_shapes=[(9, 9)])
     with pytest.raises(ValueError, match='cannot map'):
       decoder.init(jax.random.key(0), jnp.ones((1, 4, 4, 1)))
 
   def test_residual_stack_shape(self):
-    stack = ae_nn.ResidualStack(num_blocks=2, hidden_channels=3)
+    stack = layers.ResidualStack(num_blocks=2, hidden_channels=3)
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
     y, _ = stack.init_with_output(jax.random.key(1), x)
     assert y.shape == x.shape
@@ -128,14 +128,14 @@ class NearestCodeTest(chex.TestCase):
     # Reference: the full [N, K, D] difference tensor in float64.
     dist = ((z[:, None, :].astype(np.float64) - codebook[None]) ** 2).sum(-1)
     expected = dist.argmin(1)
-    got = self.variant(ae_nn.nearest_code_indices)(z, codebook)
+    got = self.variant(layers.nearest_code_indices)(z, codebook)
     assert got.dtype == jnp.int32
     np.testing.assert_array_equal(got, expected)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_perplexity_and_usage_by_hand(self):
     fn = self.variant(
-        lambda idx: ae_nn.perplexity_and_usage(ae_nn.code_counts(idx, 4)))
+        lambda idx: layers.perplexity_and_usage(layers.code_counts(idx, 4)))
     # Two codes used equally: entropy log 2, perplexity 2; 2 of 4 codes used.
     perplexity, usage = fn(jnp.array([0, 0, 1, 1]))
     np.testing.assert_allclose([perplexity, usage], [2.0, 0.5], rtol=1e-6)
@@ -149,7 +149,7 @@ class NearestCodeTest(chex.TestCase):
                                rtol=1e-6)
 
   def test_codebook_init_range(self):
-    codebook = ae_nn.codebook_init(jax.random.key(0), (500, 12))
+    codebook = layers.codebook_init(jax.random.key(0), (500, 12))
     limit = np.sqrt(3.0 / 12)
     assert codebook.shape == (500, 12)
     assert float(jnp.max(jnp.abs(codebook))) <= limit
@@ -163,7 +163,7 @@ class VectorQuantizerTest(chex.TestCase):
     # Codes e_0 = (0, 0), e_1 = (1, 1); z_e rows are nearest to e_0, e_1, e_1.
     codebook = jnp.array([[0.0, 0.0], [1.0, 1.0]])
     z_e = jnp.array([[0.2, -0.1], [0.9, 1.3], [0.7, 0.6]])
-    vq = ae_nn.VectorQuantizer(num_codes=2, code_dim=2)
+    vq = layers.VectorQuantizer(num_codes=2, code_dim=2)
     return vq, {'params': {'codebook': codebook}}, z_e
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -204,7 +204,7 @@ class VectorQuantizerTest(chex.TestCase):
     np.testing.assert_array_equal(g_z, jnp.zeros_like(z_e))
 
   def test_quantizes_last_axis_of_a_grid(self):
-    vq = ae_nn.VectorQuantizer(num_codes=7, code_dim=3)
+    vq = layers.VectorQuantizer(num_codes=7, code_dim=3)
     z_e = jax.random.normal(jax.random.key(0), (2, 4, 5, 3))
     out, variables = vq.init_with_output(jax.random.key(1), z_e)
     assert variables['params']['codebook'].shape == (7, 3)
@@ -253,7 +253,7 @@ def _ema_by_hand():
 class VectorQuantizerEMATest(chex.TestCase):
 
   def _vq(self, **kw):
-    return ae_nn.VectorQuantizerEMA(num_codes=2, code_dim=2, decay=0.5,
+    return layers.VectorQuantizerEMA(num_codes=2, code_dim=2, decay=0.5,
                                     epsilon=0.1, **kw)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -272,7 +272,7 @@ class VectorQuantizerEMATest(chex.TestCase):
     np.testing.assert_allclose(out.z_q, _EMA_STATE['codebook'][[0, 0, 1, 0]])
 
   def test_first_update_from_init_is_the_batch_mean(self):
-    vq = ae_nn.VectorQuantizerEMA(num_codes=3, code_dim=2, decay=0.99,
+    vq = layers.VectorQuantizerEMA(num_codes=3, code_dim=2, decay=0.99,
                                   epsilon=1e-5)
     variables = vq.init(jax.random.key(0), _EMA_BATCH, train=True)
     stats = variables['vq_stats']
@@ -325,8 +325,8 @@ class VectorQuantizerEMATest(chex.TestCase):
         'count': np.array(3, np.int32),
     }
     z = np.array([[0.1, 0.0], [0.0, 0.2], [5.0, 4.8], [5.2, 5.0]], np.float32)
-    plain = ae_nn.VectorQuantizerEMA(3, 2, decay=0.5, epsilon=1e-5)
-    restarting = ae_nn.VectorQuantizerEMA(3, 2, decay=0.5, epsilon=1e-5,
+    plain = layers.VectorQuantizerEMA(3, 2, decay=0.5, epsilon=1e-5)
+    restarting = layers.VectorQuantizerEMA(3, 2, decay=0.5, epsilon=1e-5,
                                           dead_code_threshold=1.0)
     _, ref = plain.apply({'vq_stats': state}, z, train=True,
                          mutable=['vq_stats'])
@@ -365,7 +365,7 @@ class RestartDeadCodesTest(chex.TestCase):
     counts = jnp.array([5.0, 0.0, 3.0, 0.5])
     z = jnp.arange(20.0).reshape(10, 2) + 100.0
     fn = self.variant(
-        lambda cb, n, z, key: ae_nn.restart_dead_codes(cb, n, z, key,
+        lambda cb, n, z, key: layers.restart_dead_codes(cb, n, z, key,
                                                        threshold=1.0))
     new, dead = fn(codebook, counts, z, jax.random.key(0))
     np.testing.assert_array_equal(dead, [False, True, False, True])
@@ -382,7 +382,7 @@ class RestartDeadCodesTest(chex.TestCase):
   def test_fewer_vectors_than_codes(self):
     codebook = jnp.zeros((6, 2))
     z = jnp.array([[1.0, 2.0], [3.0, 4.0]])
-    new, dead = ae_nn.restart_dead_codes(codebook, jnp.zeros(6), z,
+    new, dead = layers.restart_dead_codes(codebook, jnp.zeros(6), z,
                                          jax.random.key(1), threshold=1.0)
     assert bool(jnp.all(dead))
     rows = [tuple(r) for r in np.asarray(z)]
@@ -397,7 +397,7 @@ def _pmap_main(in_path: str, out_path: str) -> None:
            if k.startswith('stats_')}
   batches = data['batches']  # [steps, 2 replicas, N, D]
   num_codes, code_dim = stats['codebook'].shape
-  vq = ae_nn.VectorQuantizerEMA(num_codes, code_dim, decay=0.9,
+  vq = layers.VectorQuantizerEMA(num_codes, code_dim, decay=0.9,
                                 axis_name='batch')
 
   @functools.partial(jax.pmap, axis_name='batch')
@@ -410,7 +410,7 @@ def _pmap_main(in_path: str, out_path: str) -> None:
     replicated = jax.block_until_ready(step(replicated, z))
   results = {f'ema_{k}': np.asarray(v) for k, v in replicated.items()}
 
-  restarting = ae_nn.VectorQuantizerEMA(num_codes, code_dim, decay=0.9,
+  restarting = layers.VectorQuantizerEMA(num_codes, code_dim, decay=0.9,
                                         axis_name='batch',
                                         dead_code_threshold=2.0)
 
@@ -435,7 +435,7 @@ def test_pmap_ema_matches_one_device(tmp_path):
   # Two steps, two replicas of 12 vectors each; shifted so codes are unevenly
   # used and some stay dead.
   batches = (rng.normal(size=(2, 2, 12, code_dim)) + 0.3).astype(np.float32)
-  vq = ae_nn.VectorQuantizerEMA(num_codes, code_dim, decay=0.9)
+  vq = layers.VectorQuantizerEMA(num_codes, code_dim, decay=0.9)
   stats = vq.init(jax.random.key(0), batches[0, 0])['vq_stats']
   np.savez(in_path, batches=batches,
            **{f'stats_{k}': np.asarray(v) for k, v in stats.items()})

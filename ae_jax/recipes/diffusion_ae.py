@@ -1,0 +1,305 @@
+"""The diffusion autoencoder: semantic encoder + conditional U-Net, then a latent DDPM.
+
+Two stages, fitted by the one loop:
+
+  'model'   the semantic encoder and the z_sem-conditioned DDPM U-Net
+            (`models.DiffusionAutoencoder`, `objectives.make_diffusion_ae_objective`),
+            trained like any model on the config's image splits;
+  'latent'  a DDPM on z_sem (`models.LatentDenoiser`,
+            `objectives.make_latent_ddpm_objective`) fitted on the frozen
+            encoder's codes of the whole training split, normalised per
+            dimension, and evaluated on the codes of the eval split. It exists
+            when `config.diffusion.latent.num_train_steps > 0`.
+
+The latent stage's data are the codes, encoded once on first use (never in
+`make_stage`, which `training.restore` calls). Step s draws its batch of
+`batch_size` codes with replacement from a generator seeded by
+(`latent.seed`, s), so a resumed stage sees the codes an uninterrupted one
+would. Every batch row also carries the training codes' mean and standard
+deviation; the step normalises with them and keeps them in the state's
+`model_state['latent_norm']`, so a checkpoint holds the normalisation that
+sampling needs and a restored prior reads no data (step 0 holds mean 0, std 1).
+
+`finish` measures reconstruction on `config.diffusion.num_eval_examples` test
+images — DDIM encode x_0 → x_T and decode back (`ddim_psnr`), and decode from
+z_sem with a random x_T (`zsem_psnr`), both the mean per-image PSNR in dB of
+the outputs clipped to [0, 1], with the model's `num_ddim_steps` — writes
+them to workdir/diffusion_metrics.json and draws reconstructions.png,
+interpolation.png (lerp z_sem, slerp x_T), samples.png (with the latent
+stage), latent_map.png (test z_sem), training_curves.png and
+latent_training_curves.png.
+
+References:
+  Preechakul et al., "Diffusion Autoencoders: Toward a Meaningful and
+  Decodable Representation", CVPR 2022, https://arxiv.org/abs/2111.15640.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ae_jax import data as data_lib
+from ae_jax import models
+from ae_jax import objectives
+from ae_jax import parallel
+from ae_jax import train
+from ae_jax.applications import denoising
+from ae_jax.applications import diffusion as diffusion_app
+from ae_jax.models import diffusion
+from ae_jax.recipes import common
+from ae_jax.recipes.base import Schedule
+from ae_jax.recipes.base import Stage
+
+MODELS = {'diffusion_ae': models.DiffusionAutoencoder}
+# The latent stage's model_state collection: the training codes' mean and std.
+NORM = 'latent_norm'
+
+
+def _model_and_objective(config):
+  model = common.build_model(config.model, MODELS)
+  return model, common.build_objective(objectives.make_diffusion_ae_objective, model,
+                                       config.loss)
+
+
+def validate(config) -> None:
+  """Checks every section, `config.diffusion` included, before any stage trains.
+
+  Raises:
+    ValueError: naming the field and the value at fault.
+  """
+  common.validate_sections(config)
+  model, _ = _model_and_objective(config)
+  diffusion.ddim_timesteps(model.num_timesteps, model.num_ddim_steps)
+  section = config.get('diffusion')
+  if section is None:
+    raise ValueError('A diffusion_ae run needs a config.diffusion section (see '
+                     'experiments/configs/diffusion_ae.py).')
+  for field in ('num_eval_examples', 'num_samples'):
+    if section[field] <= 0:
+      raise ValueError(f'config.diffusion.{field} must be > 0, got {section[field]}.')
+  if section.num_interpolation_points < 2:
+    raise ValueError('config.diffusion.num_interpolation_points must be >= 2 (the two '
+                     f'endpoints), got {section.num_interpolation_points}.')
+  latent = section.latent
+  if latent.num_train_steps < 0:
+    raise ValueError(
+        f'config.diffusion.latent.num_train_steps must be >= 0, got {latent.num_train_steps}.')
+  for field in ('batch_size', 'learning_rate', 'hidden', 'num_layers', 'num_timesteps',
+                'num_sampling_steps', 'log_every_steps', 'eval_every_steps',
+                'checkpoint_every_steps'):
+    if latent[field] <= 0:
+      raise ValueError(f'config.diffusion.latent.{field} must be > 0, got {latent[field]}.')
+  diffusion.beta_schedule(latent.schedule, latent.num_timesteps)
+  diffusion.ddim_timesteps(latent.num_timesteps, latent.num_sampling_steps)
+  if latent.num_train_steps:
+    common.check_divisible('config.diffusion.latent.batch_size', latent.batch_size)
+
+
+def stages(config) -> tuple[str, ...]:
+  if config.diffusion.latent.num_train_steps > 0:
+    return ('model', 'latent')
+  return ('model',)
+
+
+def make_stage(config, name, trained):
+  if name == 'model':
+    model, objective = _model_and_objective(config)
+    x = common.example_images(config)
+    t = jnp.zeros((x.shape[0],), jnp.int32)
+    return common.objective_stage(config, model=model, objective=objective,
+                                  init_variables=lambda key: model.init(key, x, x, t))
+  if name == 'latent':
+    return _latent_stage(config, trained['model'])
+  raise ValueError(f'The diffusion_ae recipe has stages {stages(config)}, not {name!r}.')
+
+
+# ----------------------------------------------------------------------------
+# The latent stage.
+# ----------------------------------------------------------------------------
+
+
+def encode_split(model, variables, config, split: str) -> np.ndarray:
+  """z_sem [N, Z] of every image of `split` of `config.data`, in dataset order.
+
+  Every process encodes the whole split, so all hold the same codes.
+  """
+  encode = common.jit_apply(model, 'encode')
+  codes = []
+  for batch in data_lib.batches(
+      config.data.name, split, batch_size=config.data.eval_batch_size, shuffle=False,
+      drop_remainder=False, num_epochs=1, data_dir=config.data.data_dir,
+      process_index=0, process_count=1):
+    z = np.asarray(encode(variables, jnp.asarray(batch['image'])))
+    codes.append(z[np.asarray(batch['mask']) > 0])
+  return np.concatenate(codes)
+
+
+def _latent_denoiser(latent) -> models.LatentDenoiser:
+  return models.LatentDenoiser(hidden=latent.hidden, num_layers=latent.num_layers)
+
+
+def _with_norm(z: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
+  """A batch of raw codes, each row carrying the normalisation (rows split over devices)."""
+  return {'z': z, 'mean': np.broadcast_to(mean, z.shape).copy(),
+          'std': np.broadcast_to(std, z.shape).copy()}
+
+
+def latent_objective(ddpm):
+  """The latent DDPM's loss on normalised codes, as a stateful objective whose
+  model state is the normalisation the batch carries (`NORM`)."""
+
+  def objective(params, batch, key, model_state):
+    del model_state  # Replaced by the normalisation of this batch's codes.
+    norm = {'mean': batch['mean'][0], 'std': batch['std'][0]}
+    codes = {'z': (batch['z'] - norm['mean']) / norm['std']}
+    if 'mask' in batch:
+      codes['mask'] = batch['mask']
+    loss, metrics = ddpm(params, codes, key)
+    return loss, (metrics, {NORM: norm})
+
+  return objective
+
+
+def _latent_stage(config, encoder) -> Stage:
+  latent = config.diffusion.latent
+  model, variables = encoder.stage.model, encoder.variables
+  denoiser = _latent_denoiser(latent)
+  objective = latent_objective(objectives.make_latent_ddpm_objective(
+      denoiser, num_timesteps=latent.num_timesteps, schedule=latent.schedule))
+  tx = optax.adam(optax.cosine_decay_schedule(latent.learning_rate, latent.num_train_steps))
+  num_codes = model.latent_dim
+
+  def init(key):
+    params = denoiser.init(key, jnp.zeros((1, num_codes)), jnp.zeros((1,), jnp.int32))
+    norm = {'mean': jnp.zeros((num_codes,)), 'std': jnp.ones((num_codes,))}
+    return train.create_train_state(params, tx, {NORM: norm})
+
+  @functools.cache
+  def train_codes():
+    z = encode_split(model, variables, config, config.data.train_split)
+    return z, z.mean(0).astype(np.float32), (z.std(0) + 1e-6).astype(np.float32)
+
+  @functools.cache
+  def eval_codes():
+    return encode_split(model, variables, config, config.data.eval_split)
+
+  def train_data(start_step):
+    z, mean, std = train_codes()
+    rows = parallel.process_batch_slice(latent.batch_size)
+    for step in itertools.count(start_step + 1):
+      index = np.random.default_rng([latent.seed, step]).integers(0, len(z), latent.batch_size)
+      yield _with_norm(z[index[rows]], mean, std)
+
+  def eval_data():
+    _, mean, std = train_codes()
+    z = eval_codes()
+    size = config.data.eval_batch_size
+    rows = parallel.process_batch_slice(size)
+    for start in range(0, len(z), size):
+      chunk = z[start:start + size]
+      mask = np.zeros((size,), np.float32)
+      mask[:len(chunk)] = 1.0
+      chunk = np.concatenate([chunk, np.zeros((size - len(chunk), z.shape[1]), z.dtype)])
+      yield {**_with_norm(chunk[rows], mean, std), 'mask': mask[rows]}
+
+  schedule = Schedule(
+      num_train_steps=latent.num_train_steps, log_every_steps=latent.log_every_steps,
+      eval_every_steps=latent.eval_every_steps,
+      checkpoint_every_steps=latent.checkpoint_every_steps,
+      keep_checkpoints=config.train.keep_checkpoints, num_eval_batches=None,
+      progress_bar=config.train.progress_bar)
+  return Stage(name='latent', init=init, train_step=train.train_step_fn(objective, tx),
+               eval_step=train.eval_step_fn(objective), train_data=train_data,
+               eval_data=eval_data, schedule=schedule, seed=latent.seed, model=denoiser)
+
+
+def latent_prior(config, trained) -> diffusion_app.LatentPrior:
+  """The fitted latent stage as a `LatentPrior` for `applications.diffusion.sample`."""
+  latent = config.diffusion.latent
+  state = trained.state
+  return diffusion_app.LatentPrior(
+      denoiser=trained.stage.model, variables=state.params,
+      mean=jnp.asarray(state.model_state[NORM]['mean']),
+      std=jnp.asarray(state.model_state[NORM]['std']),
+      alpha_bars=diffusion.alpha_bars(diffusion.beta_schedule(latent.schedule,
+                                                              latent.num_timesteps)),
+      num_sampling_steps=latent.num_sampling_steps)
+
+
+# ----------------------------------------------------------------------------
+# Metrics and figures.
+# ----------------------------------------------------------------------------
+
+
+def _psnr(reconstructions, x) -> np.ndarray:
+  return denoising.psnr(np.asarray(x), np.clip(np.asarray(reconstructions), 0.0, 1.0))
+
+
+def finish(config, trained, workdir) -> dict[str, float]:
+  """ddim_psnr and zsem_psnr (dB, mean over the test images); figures on process 0."""
+  fitted = trained['model']
+  model, variables = fitted.stage.model, fitted.variables
+  section = config.diffusion
+  n = config.train.num_figure_examples
+  num = section.num_eval_examples
+  batch = common.eval_images(config, max(num, n, min(config.data.eval_batch_size, 500)))
+  keep = np.asarray(batch['mask']) > 0
+  images = np.asarray(batch['image'])[keep]
+  labels = np.asarray(batch['label'])[keep]
+  x = jnp.asarray(images[:max(num, n)])
+  recon_key, sample_key = jax.random.split(fitted.eval_key)
+  is_main = jax.process_index() == 0
+  if is_main and config.train.progress_bar:
+    print(f'DDIM encode -> decode of {len(x)} test images, {model.num_ddim_steps} steps each '
+          'way', flush=True)
+  out = jax.device_get(diffusion_app.reconstruct(model, variables, x, recon_key))
+  ddim, zsem = _psnr(out['ddim'], x), _psnr(out['zsem_only'], x)
+  metrics = {'ddim_psnr': float(ddim[:num].mean()), 'zsem_psnr': float(zsem[:num].mean())}
+  if not is_main:
+    return metrics
+  record = {**metrics, 'step': int(fitted.state.step), 'num_eval_examples': min(num, len(x)),
+            'num_ddim_steps': model.num_ddim_steps}
+  if 'latent' in trained:
+    record.update({f'latent/{k}': v for k, v in trained['latent'].metrics.items()})
+  with open(os.path.join(workdir, 'diffusion_metrics.json'), 'w') as f:
+    json.dump(record, f, indent=1)
+
+  from ae_jax import plotting  # pylint: disable=g-import-not-at-top
+  head = 'diffusion AE'
+  steps = model.num_ddim_steps
+  shown = np.asarray(x[:n])
+  plotting.save_captioned_rows(
+      [('inputs', shown),
+       (f'DDIM encode -> decode, {steps} steps: {ddim[:n].mean():.1f} dB', out['ddim'][:n]),
+       (f'z_sem with random x_T: {zsem[:n].mean():.1f} dB', out['zsem_only'][:n])],
+      plotting.figure_path(workdir, 'reconstructions.png'), ncols=min(n, 8),
+      title=f'{head}: test inputs and reconstructions')
+  pairs = min(4, len(shown) // 2)
+  if pairs:
+    frames = jax.device_get(diffusion_app.interpolate(
+        model, variables, shown[:pairs], shown[pairs:2 * pairs],
+        num_points=section.num_interpolation_points))
+    plotting.save_captioned_rows(
+        [(f'pair {i + 1}', frames[i]) for i in range(pairs)],
+        plotting.figure_path(workdir, 'interpolation.png'), ncols=frames.shape[1],
+        title=f'{head}: lerp z_sem, slerp x_T')
+  if 'latent' in trained:
+    samples = diffusion_app.sample(model, variables, latent_prior(config, trained['latent']),
+                                   sample_key, section.num_samples, shown.shape[1:])
+    plotting.save_image_grid(
+        np.asarray(samples), plotting.figure_path(workdir, 'samples.png'),
+        title=f'{head}: latent DDPM samples')
+    common.training_curves(trained['latent'], workdir, 'latent_training_curves.png')
+  codes = np.asarray(common.jit_apply(model, 'encode')(variables, jnp.asarray(images)))
+  plotting.save_latent_map(codes, labels, plotting.figure_path(workdir, 'latent_map.png'),
+                           title=f'{head}: test z_sem')
+  common.training_curves(fitted, workdir)
+  return metrics
