@@ -56,10 +56,6 @@ from typing import Any, Protocol
 import flax.linen as nn
 import jax
 import numpy as np
-from sklearn import ensemble
-from sklearn import linear_model
-from sklearn import pipeline
-from sklearn import preprocessing
 
 from ae_jax.applications import common
 from ae_jax.applications import embedding
@@ -289,6 +285,7 @@ def dci(codes_train_NxZ: np.ndarray, factors_train_NxK: np.ndarray,
   importance = np.zeros((num_latents, num_factors))
   accuracies = []
   for k in range(num_factors):
+    from sklearn import ensemble  # pylint: disable=g-import-not-at-top
     forest = ensemble.RandomForestClassifier(n_estimators=num_trees, max_depth=max_depth,
                                              random_state=seed, n_jobs=1)
     forest.fit(z_tr, v_tr[:, k])
@@ -360,6 +357,8 @@ def beta_vae_score(codes_NxZ: np.ndarray, data: FactorData, *, seed: int = 0,
   rng = np.random.default_rng(seed)
   x_train, y_train = _beta_vae_points(codes, data, rng, num_train, batch_size)
   x_eval, y_eval = _beta_vae_points(codes, data, rng, num_eval, batch_size)
+  # pylint: disable-next=g-import-not-at-top
+  from sklearn import linear_model, pipeline, preprocessing
   classifier = pipeline.make_pipeline(preprocessing.StandardScaler(),
                                       linear_model.LogisticRegression(max_iter=2000))
   classifier.fit(x_train, y_train)

@@ -142,17 +142,13 @@ def encode_split(model, variables, config, split: str) -> np.ndarray:
   return np.concatenate(codes)
 
 
-def _latent_denoiser(latent) -> models.LatentDenoiser:
-  return models.LatentDenoiser(hidden=latent.hidden, num_layers=latent.num_layers)
-
-
 def _with_norm(z: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray]:
   """A batch of raw codes, each row carrying the normalisation (rows split over devices)."""
   return {'z': z, 'mean': np.broadcast_to(mean, z.shape).copy(),
           'std': np.broadcast_to(std, z.shape).copy()}
 
 
-def latent_objective(ddpm):
+def _latent_objective(ddpm):
   """The latent DDPM's loss on normalised codes, as a stateful objective whose
   model state is the normalisation the batch carries (`NORM`)."""
 
@@ -171,15 +167,15 @@ def latent_objective(ddpm):
 def _latent_stage(config, encoder) -> Stage:
   latent = config.diffusion.latent
   model, variables = encoder.stage.model, encoder.variables
-  denoiser = _latent_denoiser(latent)
-  objective = latent_objective(objectives.make_latent_ddpm_objective(
+  denoiser = models.LatentDenoiser(hidden=latent.hidden, num_layers=latent.num_layers)
+  objective = _latent_objective(objectives.make_latent_ddpm_objective(
       denoiser, num_timesteps=latent.num_timesteps, schedule=latent.schedule))
   tx = optax.adam(optax.cosine_decay_schedule(latent.learning_rate, latent.num_train_steps))
-  num_codes = model.latent_dim
+  dim = model.latent_dim
 
   def init(key):
-    params = denoiser.init(key, jnp.zeros((1, num_codes)), jnp.zeros((1,), jnp.int32))
-    norm = {'mean': jnp.zeros((num_codes,)), 'std': jnp.ones((num_codes,))}
+    params = denoiser.init(key, jnp.zeros((1, dim)), jnp.zeros((1,), jnp.int32))
+    norm = {'mean': jnp.zeros((dim,)), 'std': jnp.ones((dim,))}
     return train.create_train_state(params, tx, {NORM: norm})
 
   @functools.cache
