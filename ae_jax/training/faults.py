@@ -8,8 +8,12 @@
               and keep the checkpoints before k);
   sigterm@k   the process sends itself SIGTERM right after step k (the loop
               must save at k and raise `Preempted`);
-  sigkill@k   the process sends itself SIGKILL right after step k (nothing is
-              saved at k; a rerun resumes from the latest checkpoint).
+  sigkill@k   the process sends itself SIGKILL right after step k, once the
+              asynchronous saves of earlier steps have landed (nothing is
+              saved at k; a rerun resumes from the latest checkpoint before k).
+
+Both signals wait for in-flight saves first, so the step a rerun resumes from
+is fixed by the schedule, not by how fast the disk was.
 
 An entry without `stage:` applies to every stage. Interruptions therefore
 happen at a step the test names, never at a wall-clock time.

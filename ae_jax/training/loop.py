@@ -309,6 +309,9 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
       for kind in ('sigkill', 'sigterm'):
         if (kind, step) in injected:
           jax.block_until_ready(state)
+          # The fault is "killed after step k": the saves of earlier steps have
+          # landed, so where a rerun resumes does not hang on disk speed.
+          mngr.wait_until_finished()
           faults_lib.signal_self(kind)
       preempt = preemption.reached(step)
       if step % schedule.checkpoint_every_steps == 0 or step == num_steps or preempt:
