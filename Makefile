@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-notebooks bench demo clean
+.PHONY: install test test-integration test-slow test-notebooks bench demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --timeout=600 -q
+
+# The training contract of every recipe and stage, every config's smoke preset
+# through the launcher, multi-process runs and learning on real data.
+test-integration: $(STAMP)
+	$(PY) -m pytest -n 2 --timeout=900 -q -m integration
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 --timeout=1800 -q -m slow

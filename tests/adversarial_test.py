@@ -350,6 +350,7 @@ def _pmap_report(num_steps: int = 3) -> dict[str, float]:
   return out
 
 
+@pytest.mark.integration
 def test_pmap_step_on_two_devices_equals_the_one_device_step(tmp_path):
   """On 2 fake devices (a subprocess: the flag must precede JAX) the pmap step, whose
   replicas keep their rows of the global batch's prior samples, follows the jitted
@@ -386,6 +387,7 @@ def test_pmap_step_on_two_devices_equals_the_one_device_step(tmp_path):
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_recon_falls_and_codes_approach_the_prior_on_mnist():
   """300 steps of the default config (Gaussian prior) on the MNIST 5k subset: the
   test reconstruction loss and the MMD² of test codes to the prior both fall."""
@@ -407,6 +409,7 @@ def test_recon_falls_and_codes_approach_the_prior_on_mnist():
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
+@pytest.mark.integration
 def test_conditional_smoke_run_writes_the_figures(tmp_path):
   """The label-conditioned variant through `training.train_and_evaluate` (aae.py:smoke,
   the Gaussian prior, is the contract test's case)."""

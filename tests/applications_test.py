@@ -142,6 +142,7 @@ def test_iwae_with_one_sample_is_the_single_sample_elbo(digits_vae):
   np.testing.assert_allclose(estimate, expected, rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_iwae_bounds_the_elbo_and_tightens_with_k(digits_vae):
   model, variables, x = digits_vae
   x = jnp.asarray(x)
@@ -161,6 +162,7 @@ def test_iwae_bounds_the_elbo_and_tightens_with_k(digits_vae):
   assert abs(by_k[0] - elbo) < 0.5, (by_k[0], elbo)
 
 
+@pytest.mark.integration
 def test_chunking_and_batching_do_not_change_the_scores(digits_vae):
   model, variables, x = digits_vae
   xj = jnp.asarray(x[:20])
@@ -242,6 +244,7 @@ def test_one_class_split_and_tables():
   assert anomaly.format_table(per_class).splitlines()[-1] == '| mean | 0.750 |'
 
 
+@pytest.mark.integration
 def test_short_training_detects_a_different_class():
   images, labels = data.load_arrays('mnist5k', 'train')
   test_images, test_labels = data.load_arrays('mnist5k', 'test')
@@ -386,6 +389,7 @@ _SCRIPT_OUTPUTS = {
 }
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', sorted(_SCRIPT_OUTPUTS))
 def test_script_smoke_preset_runs_end_to_end(name, tmp_path):
   out = _run_script(name, tmp_path)
@@ -405,6 +409,7 @@ def test_script_smoke_preset_runs_end_to_end(name, tmp_path):
     assert set(metrics['midpoint_norm_ratio']['test_codes']) == {'linear', 'slerp'}
 
 
+@pytest.mark.integration
 def test_script_restores_a_trained_run_instead_of_training(tmp_path):
   config = dimred_config.get_config('smoke')
   training.train_and_evaluate(config, str(tmp_path / 'trained'))

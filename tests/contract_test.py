@@ -39,6 +39,8 @@ from ae_jax import training
 import _launch_helpers as helpers
 from _contract_worker import load_config
 
+pytestmark = pytest.mark.integration
+
 WORKER = os.path.join(helpers.REPO, 'tests', '_contract_worker.py')
 TIMEOUT = 300
 

@@ -143,6 +143,7 @@ def test_validate_names_the_field_at_fault(field, value, match):
     training.validate(config)
 
 
+@pytest.mark.integration
 def test_a_trained_dae_beats_the_noisy_input_and_tuned_tv_on_mnist5k(tmp_path):
   config = denoise_config.get_config('smoke')
   config.model.features, config.model.levels = 8, 2
@@ -183,6 +184,7 @@ def test_photo_config_trains_the_photo_steps_with_a_cosine_over_them():
   assert (smoke.train.num_train_steps, smoke.train.checkpoint_every_steps) == (6, 3)
 
 
+@pytest.mark.integration
 def test_script_smoke_preset_runs_end_to_end(tmp_path):
   cmd = [sys.executable, '-m', 'experiments.denoise',
          '--config=experiments/configs/apps/denoise.py:smoke', f'--workdir={tmp_path}']

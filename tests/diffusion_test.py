@@ -293,6 +293,7 @@ def trained():
   return model, state.params, before, after
 
 
+@pytest.mark.integration
 def test_loss_falls_on_real_digits(trained):
   _, _, before, after = trained
   # A fresh model predicts ε = 0 and scores E[ε²] = 1 on held-out digits.
@@ -304,6 +305,7 @@ def _psnr(reconstructions, x):
   return denoising.psnr(np.asarray(x), np.clip(np.asarray(reconstructions), 0.0, 1.0))
 
 
+@pytest.mark.integration
 def test_ddim_encode_decode_of_real_test_digits_reaches_30_db(trained):
   """The must-hold: DDIM (100 steps each way) round trip of held-out digits ≥ 30 dB."""
   model, variables, _, _ = trained

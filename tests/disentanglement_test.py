@@ -301,6 +301,7 @@ def test_runs_of_one_seed_start_from_the_same_variables():
       'tcvae', 6.0, 1, config.data.shuffle_seed + 1)
 
 
+@pytest.mark.integration
 def test_trained_beta_tcvae_scores_above_an_untrained_encoder(grid, tmp_path):
   config = disentangle_config.get_config('smoke')
   config.model.hidden = (256, 128)
@@ -342,6 +343,7 @@ def test_config_presets_are_locked_and_name_their_runs():
     disentangle_config.get_config('colab_gpu')
 
 
+@pytest.mark.integration
 def test_smoke_preset_runs_end_to_end(tmp_path):
   summary = disentangle_script.run(disentangle_config.get_config('smoke'), str(tmp_path))
   written = json.loads((tmp_path / 'disentanglement.json').read_text())

@@ -171,6 +171,7 @@ def test_latent_fill_does_not_depend_on_the_batch_size(digits):
 # Learning: a short-trained AE beats the mean fill on MNIST box masks.
 
 
+@pytest.mark.integration
 def test_short_trained_autoencoder_beats_mean_fill_on_mnist_boxes():
   train_x, _ = data.load_arrays('mnist5k', 'train')
   test_x, _ = data.load_arrays('mnist5k', 'test')
@@ -203,6 +204,7 @@ def test_config_parses_its_argument_and_is_locked():
     config.inpaint.unknown = 1
 
 
+@pytest.mark.integration
 def test_script_smoke_preset_runs_end_to_end(tmp_path):
   cmd = [sys.executable, '-m', 'experiments.inpaint',
          '--config=experiments/configs/apps/inpaint.py:smoke', f'--workdir={tmp_path}']

@@ -203,6 +203,7 @@ def test_bad_inputs_and_settings_name_the_problem(small_ladder):
     objectives.make_ladder_vae_objective(model, objective='iwae', num_samples=3, free_bits=1.0)
 
 
+@pytest.mark.integration
 def test_ladder_loss_falls_on_real_digits():
   """Binarized MNIST 5k digits, 300 steps: the held-out negative ELBO falls by half."""
   images = binary_mnist5k(2000, seed=1)

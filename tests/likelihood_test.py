@@ -122,6 +122,7 @@ def test_batch_size_does_not_change_an_estimate(images):
   assert small['nats'] >= small['elbo_nats']
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', ['mlp_vae', 'ladder_vae'])
 def test_iwae_bounds_the_elbo_for_every_k_and_grows_with_k(name, trained, images):
   model, variables = trained[name]
@@ -148,6 +149,7 @@ def test_iwae_bounds_the_elbo_for_every_k_and_grows_with_k(name, trained, images
   assert abs(analytic - elbo) < 1.0, (analytic, elbo)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_five_thousand_samples_run_chunked(trained, images):
   model, variables = trained['ladder_vae']
@@ -212,6 +214,7 @@ def test_iwae_objective_is_the_negated_bound_and_its_loss_falls(images):
   assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:5]), (losses[:5], losses[-20:])
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_likelihood_script_scores_a_trained_run(tmp_path):
   config = ladder_config.get_config('smoke')

@@ -251,6 +251,7 @@ def _unigram_baseline(train_tokens, eval_tokens, vocab_size):
   return -np.log(p[test]).sum() / len(eval_tokens), float(np.mean(test == p.argmax()))
 
 
+@pytest.mark.integration
 def test_loss_falls_on_real_moses_molecules(tmp_path):
   # The recipe's stage, fitted by the training loop: 80 steps of 32 on 300
   # MOSES train molecules (SMILES), evaluated on 64 held-out test molecules.
@@ -407,6 +408,7 @@ def test_recipe_import_and_stage_read_no_data_nor_rdkit():
   assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_smoke_preset_end_to_end(tmp_path):
   config = molecule_vae.get_config('smoke')
   result = molecules_app.run(config, str(tmp_path))

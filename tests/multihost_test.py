@@ -18,6 +18,8 @@ from experiments.main import EXIT_PREEMPTED
 
 import _launch_helpers as helpers
 
+pytestmark = pytest.mark.integration
+
 TIMEOUT_S = 300  # Guards against a hang (retried once), not a time limit.
 # Same global batches and keys; only the all-reduce's summation order differs
 # (gloo across processes vs XLA's in-process reduction): float32 rounding.

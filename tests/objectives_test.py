@@ -145,6 +145,7 @@ def mnist5k():
   return data.load_arrays('mnist5k', 'train'), data.load_arrays('mnist5k', 'test')
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('variant', LEARNING_VARIANTS)
 def test_each_variant_learns_on_mnist_subset(variant, mnist5k):
   """300 Adam steps on real MNIST digits lower the held-out loss by a clear margin.

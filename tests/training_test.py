@@ -76,6 +76,7 @@ def test_every_config_is_found_and_names_a_recipe():
     assert _smoke(name).recipe in recipes.names(), name
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('name', CONFIGS)
 def test_smoke_preset_runs_end_to_end_through_the_launcher(name, tmp_path):
   code, out = _run(f'experiments/configs/{name}.py:smoke', tmp_path)
@@ -143,6 +144,7 @@ def test_unknown_preset_and_a_config_without_recipe_are_rejected(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.integration
 def test_a_finished_run_is_restored_not_retrained(tmp_path, monkeypatch, capsys):
   config = undercomplete.get_config('smoke')
   first = training.train_and_evaluate(config, str(tmp_path))
@@ -212,6 +214,7 @@ def test_in_process_sigterm_stops_the_fit_and_the_previous_handler_is_given_back
 PARAMS_ATOL = 1e-5
 
 
+@pytest.mark.integration
 def test_two_device_run_exits_75_on_sigterm_and_resumes_on_one_device(tmp_path):
   # The VAE draws noise in the step: the replicated key must give the same draws.
   config_arg = 'experiments/configs/vae.py:smoke'

@@ -77,6 +77,7 @@ def _sharp_prior():
   return model, params
 
 
+@pytest.mark.integration
 def test_ancestral_samples_follow_the_model_joint():
   model, params = _sharp_prior()
   # Exact joint p(c0, c1) = p(c0) p(c1 | c0) from the network's conditionals.
@@ -174,6 +175,7 @@ def small_run(tmp_path_factory):
   return config, workdir, metrics
 
 
+@pytest.mark.integration
 def test_prior_nll_falls_on_real_codes_and_its_samples_decode(small_run):
   config, workdir, metrics = small_run
   saved = json.loads((workdir / 'vq_prior.json').read_text())
@@ -205,6 +207,7 @@ def test_prior_nll_falls_on_real_codes_and_its_samples_decode(small_run):
   assert np.all(np.isfinite(images)) and images.min() >= 0.0 and images.max() <= 1.0
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_prior_training_resumes_exactly(small_run, tmp_path, capsys):
   """Steps 41..80 of the prior redone from its step-40 checkpoint land on the same
@@ -237,6 +240,7 @@ def _checkpoint_untrained_vqvae(config, workdir):
   mngr.close()
 
 
+@pytest.mark.integration
 def test_script_smoke_preset_end_to_end_from_a_model_workdir(tmp_path):
   """The prior stage alone on a restored VQ-VAE (both stages of the smoke preset are
   fitted in tests/contract_test.py)."""
