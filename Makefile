@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --timeout=600 -q
+	$(PY) -m pytest -n 2 --dist loadgroup --timeout=600 -q
 
 # The training contract of every recipe and stage, every config's smoke preset
 # through the launcher, multi-process runs and learning on real data.
 test-integration: $(STAMP)
-	$(PY) -m pytest -n 2 --timeout=900 -q -m integration
+	$(PY) -m pytest -n 2 --dist loadgroup --timeout=900 -q -m integration
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 --timeout=1800 -q -m slow

@@ -21,6 +21,9 @@ import pytest
 from ae_jax import parallel
 from ae_jax import train
 
+# One worker runs this file, so its module fixtures are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group('parallel')
+
 WORKER = pathlib.Path(__file__).with_name('_parallel_worker.py')
 NUM_FAKE_DEVICES = 2
 WORKER_TIMEOUT_S = 240
