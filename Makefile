@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup --timeout=600 -q
+	$(PY) -m pytest -n 2 --timeout=600 -q
 
 # The training contract of every recipe and stage, every config's smoke preset
 # through the launcher, multi-process runs and learning on real data.

@@ -272,6 +272,7 @@ def _tiny_models():
   ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize('index', range(3), ids=['ae', 'vae', 'vqvae'])
 def test_embed_shape_determinism_and_decode(index):
   model = _tiny_models()[index]

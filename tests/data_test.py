@@ -372,6 +372,7 @@ def prepared_fashion_mnist(tmp_path_factory):
   return str(data_dir)
 
 
+@pytest.mark.integration
 def test_offline_fashion_mnist_round_trips_the_idx_files(
     prepared_fashion_mnist, no_network
 ):

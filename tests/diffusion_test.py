@@ -26,9 +26,6 @@ from ae_jax.recipes import diffusion_ae as recipe
 from ae_jax.recipes.base import Trained
 from experiments.configs import diffusion_ae as diffusion_ae_config
 
-# One worker runs this file, so its module fixtures are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group('diffusion')
-
 LINEAR_1000 = diffusion.alpha_bars(diffusion.beta_schedule('linear', 1000))
 
 

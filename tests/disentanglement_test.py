@@ -261,6 +261,7 @@ def test_tcvae_objective_reports_its_terms_and_trains():
 # The recipe.
 
 
+@pytest.mark.integration
 def test_recipe_objective_is_the_config_s_with_n_from_the_data(grid):
   config = disentangle_config.get_config('smoke')
   assert (config.recipe, config.loss.objective, config.loss.beta) == ('tcvae', 'tcvae', 6.0)
@@ -287,6 +288,7 @@ def test_recipe_objective_is_the_config_s_with_n_from_the_data(grid):
     training.validate(config)
 
 
+@pytest.mark.integration
 def test_runs_of_one_seed_start_from_the_same_variables():
   config = disentangle_config.get_config('smoke')
   start = {(name, seed): tcvae_recipe.initial_variables(

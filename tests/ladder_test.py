@@ -20,9 +20,6 @@ from ae_jax.models import ladder
 
 from _app_helpers import binary_mnist5k
 
-# One worker runs this file, so its module fixtures are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group('ladder')
-
 KEY = jax.random.key(0)
 SMALL = dict(input_dim=784, hidden=(64, 32, 16), latent_dims=(12, 6, 3))
 

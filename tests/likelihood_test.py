@@ -194,6 +194,7 @@ def test_bad_inputs_name_the_problem(images):
     objectives.make_vae_objective(model, objective='iwae', num_samples=4, capacity_max=5.0)
 
 
+@pytest.mark.integration
 def test_iwae_objective_is_the_negated_bound_and_its_loss_falls(images):
   x = jnp.asarray(images[:16])
   model, variables = _init('mlp_vae', x)

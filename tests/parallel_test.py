@@ -21,8 +21,8 @@ import pytest
 from ae_jax import parallel
 from ae_jax import train
 
-# One worker runs this file, so its module fixtures are built once, not once per worker.
-pytestmark = pytest.mark.xdist_group('parallel')
+# The multi-device tests share one subprocess worker (the `report` fixture): they
+# are in the integration tier, on one pytest worker (--dist loadgroup), so it runs once.
 
 WORKER = pathlib.Path(__file__).with_name('_parallel_worker.py')
 NUM_FAKE_DEVICES = 2
@@ -68,10 +68,14 @@ def report():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group('parallel_worker')
 def test_worker_saw_fake_devices(report):
   assert report['device_count'] == NUM_FAKE_DEVICES
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group('parallel_worker')
 @pytest.mark.parametrize('objective', ['deterministic', 'stateful'])
 @pytest.mark.parametrize('path', ['pmap', 'sharded'])
 def test_data_parallel_matches_single_device(report, objective, path):
@@ -85,6 +89,8 @@ def test_data_parallel_matches_single_device(report, objective, path):
   assert report[f'{objective}_params_moved'] > 1e3 * tolerance
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group('parallel_worker')
 @pytest.mark.parametrize('path', ['pmap', 'sharded'])
 def test_stateful_model_state_matches_single_device(report, path):
   # EMA of per-replica batch means, pmean-ed, is the EMA of the global batch mean.
@@ -93,11 +99,15 @@ def test_stateful_model_state_matches_single_device(report, path):
   assert report['stateful_single_ema'] <= ATOL  # Against the closed form in numpy.
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group('parallel_worker')
 def test_sharded_stochastic_objective_matches_single_device(report):
   # The sharded program draws the global noise array from the same key.
   assert report['stochastic_sharded_params'] <= ATOL + RTOL * report['deterministic_params_max_abs']
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group('parallel_worker')
 def test_pmap_stochastic_objective_uses_per_replica_keys(report):
   # Matches a reference that folds the replica index into the step key ...
   assert report['stochastic_pmap_params'] <= ATOL + RTOL * report['deterministic_params_max_abs']
@@ -105,6 +115,8 @@ def test_pmap_stochastic_objective_uses_per_replica_keys(report):
   assert report['stochastic_pmap_vs_single'] > 1e-3
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group('parallel_worker')
 def test_shard_train_step_of_any_pure_step_matches_single_device(report):
   # The path `ae_jax.training.fit` takes on several devices, for a state that is
   # not a TrainState: a dict with two optimizer states and a step counter.
@@ -113,6 +125,8 @@ def test_shard_train_step_of_any_pure_step_matches_single_device(report):
   assert report['generic_sharded_state'] <= ATOL + RTOL * report['deterministic_params_max_abs']
 
 
+@pytest.mark.integration
+@pytest.mark.xdist_group('parallel_worker')
 def test_shard_batch_names_batch_size_and_device_count(report):
   assert report['shard_batch_error'] == (
       'Global batch size 5 is not divisible by the number of devices 2 in the mesh.'
