@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-integration test-slow test-notebooks bench demo clean
+.PHONY: install test test-integration test-slow test-notebooks bench bench-torch demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ test-notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench
+
+# ae-jax against PyTorch, side by side, and the launcher against its bare step.
+# Needs torch (the `bench` extra; offline here: pip install torch==2.13.0).
+bench-torch: $(STAMP)
+	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m experiments.bench --torch --batches=128,1024
+	$(PY) -m experiments.bench --end_to_end
 
 clean:
 	rm -rf $(VENV) .pytest_cache

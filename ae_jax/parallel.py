@@ -328,6 +328,7 @@ def shard_train_step(step: train.StepFn, mesh: Mesh, *, donate: bool = True) -> 
       in_shardings=(replicated, data, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=(0,) if donate else (),
+      compiler_options=train.compiler_options(),
   )
 
 
@@ -336,7 +337,7 @@ def shard_eval_step(eval_step: train.EvalFn, mesh: Mesh) -> train.EvalFn:
   `shard_train_step`."""
   replicated, data = replicated_sharding(mesh), batch_sharding(mesh)
   return jax.jit(eval_step, in_shardings=(replicated, data, replicated),
-                 out_shardings=replicated)
+                 out_shardings=replicated, compiler_options=train.compiler_options())
 
 
 def make_sharded_train_step(

@@ -19,12 +19,30 @@ batch of the config's training data. Prints one JSON object per line:
 
 Timings are the median of repeated steps after compilation; the first line
 reports the matmul peak itself. Run it on an otherwise idle machine.
+
+  python -m experiments.bench --torch              # side by side with PyTorch
+  python -m experiments.bench --end_to_end         # the launcher against its bare step
+
+With --torch (needs the optional `bench` extra: torch), each of the configs
+that `experiments/bench_torch.py` mirrors (vae, conv_ae, conv_vae, vqvae:
+the same architectures with the same parameter counts, checked) trains in two
+long-lived worker processes, one ae-jax and one PyTorch at its default
+threading, on a resident batch. Rounds alternate between them (the order
+reversed every round), each round a chunk of about a second of steps; a row
+gives each side's median step over the rounds, `ratio` = ae-jax time /
+PyTorch time (below 1: ae-jax is faster), and the 1-minute load average
+before and after. PyTorch's spin-waiting threads collapse when other work
+shares the cores, so a row with a load average near the core count says
+nothing. The ae-jax step is the loop's: jitted with the state donated.
 """
 
 import argparse
 import importlib
 import json
+import os
 import pkgutil
+import subprocess
+import sys
 import time
 
 import jax
@@ -32,6 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ae_jax import train
 from ae_jax import training
 import experiments.configs
 
@@ -78,7 +97,8 @@ def _time_step(config: ml_collections.ConfigDict, batch_size: int):
   state = jax.jit(stage.init)(key)
   batch = jax.tree.map(jnp.asarray, next(stage.train_data(0)))
   # No donation: the same state is stepped again and again.
-  compiled = jax.jit(stage.train_step).lower(state, batch, key).compile()
+  compiled = jax.jit(stage.train_step, compiler_options=train.compiler_options()).lower(
+      state, batch, key).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', 0.0))
@@ -130,14 +150,155 @@ def _row(name, batch, seconds, flops, peak, **extra):
           'peak_gflops': round(peak, 2), 'fraction_of_peak': round(gflops / peak, 4), **extra}
 
 
+# ----------------------------------------------------------------------------
+# Side by side with PyTorch: two worker processes, driven in alternating rounds.
+
+TORCH_CONFIGS = ('vae', 'conv_ae', 'conv_vae', 'vqvae')
+
+
+def _jax_step(name: str, batch_size: int):
+  """(step, number of parameters): one donated train step of config `name`.
+
+  `step()` advances the state held here and returns the step's metrics once
+  the step is done.
+  """
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
+  config.data.batch_size = batch_size
+  recipe = training.validate(config)
+  stage = recipe.make_stage(config, recipe.stages(config)[0], {})
+  key = jax.random.key(0)
+  holder = [jax.jit(stage.init)(key)]
+  num_params = sum(x.size for x in jax.tree.leaves(holder[0].params))
+  batch = jax.tree.map(jnp.asarray, next(stage.train_data(0)))
+  train_step = jax.jit(stage.train_step, donate_argnums=(0,),
+                       compiler_options=train.compiler_options())
+
+  def step():
+    holder[0], metrics = train_step(holder[0], batch, key)
+    return jax.block_until_ready(metrics)
+
+  return step, num_params
+
+
+def _worker(framework: str) -> None:
+  """Answers JSON commands on stdin: {"setup": name, "batch": B}, {"steps": n}."""
+  if framework == 'torch':
+    import torch  # pylint: disable=g-import-not-at-top
+    from experiments import bench_torch  # pylint: disable=g-import-not-at-top
+    make = bench_torch.make_step
+    info = {'version': torch.__version__, 'threads': torch.get_num_threads(),
+            'device': bench_torch.device()}
+  else:
+    make = _jax_step
+    info = {'version': jax.__version__, 'device': jax.devices()[0].device_kind}
+  step = None
+  print(json.dumps(info), flush=True)
+  for line in sys.stdin:
+    command = json.loads(line)
+    if 'setup' in command:
+      step, num_params = make(command['setup'], command['batch'])
+      for _ in range(3):  # Compilation, allocation, the optimizer's first steps.
+        step()
+      print(json.dumps({'params': num_params}), flush=True)
+    else:
+      times = []
+      for _ in range(command['steps']):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+      print(json.dumps({'seconds': times}), flush=True)
+
+
+class _Worker:
+  """A long-lived `python -m experiments.bench --worker=...` process."""
+
+  def __init__(self, framework: str):
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'experiments.bench', f'--worker={framework}'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.info = self._read()
+
+  def _read(self) -> dict:
+    line = self.process.stdout.readline()
+    if not line:
+      raise RuntimeError(f'The benchmark worker {self.process.args[-1]} exited '
+                         f'(code {self.process.wait()}); see its error above.')
+    return json.loads(line)
+
+  def ask(self, **command) -> dict:
+    self.process.stdin.write(json.dumps(command) + '\n')
+    self.process.stdin.flush()
+    return self._read()
+
+  def close(self) -> None:
+    self.process.stdin.close()
+    self.process.wait()
+
+
+def compare_with_torch(names, batches, *, rounds: int = 7, round_seconds: float = 1.0):
+  """Rows of ae-jax against PyTorch, medians over alternating rounds (module doc)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise SystemExit('--torch needs PyTorch: pip install -e ".[bench]" '
+                     '(or pip install torch).') from None
+  workers = {'ae_jax': _Worker('jax'), 'torch': _Worker('torch')}
+  try:
+    for name in names:
+      for batch_size in batches:
+        load_before = os.getloadavg()[0]
+        params = {k: w.ask(setup=name, batch=batch_size)['params'] for k, w in workers.items()}
+        if params['ae_jax'] != params['torch']:
+          raise RuntimeError(f'{name}: {params["ae_jax"]} ae-jax parameters but '
+                             f'{params["torch"]} in experiments/bench_torch.py.')
+        # One step of each, to size the rounds.
+        steps = {k: max(1, round(round_seconds / min(w.ask(steps=1)['seconds'])))
+                 for k, w in workers.items()}
+        medians = {k: [] for k in workers}
+        for r in range(rounds):
+          for k in (('ae_jax', 'torch') if r % 2 == 0 else ('torch', 'ae_jax')):
+            medians[k].append(float(np.median(workers[k].ask(steps=steps[k])['seconds'])))
+        jax_ms, torch_ms = (1e3 * float(np.median(medians[k])) for k in ('ae_jax', 'torch'))
+        print(json.dumps({
+            'name': f'{name}_vs_torch', 'batch': batch_size, 'params': params['ae_jax'],
+            'ae_jax_ms': round(jax_ms, 3), 'torch_ms': round(torch_ms, 3),
+            'ratio': round(jax_ms / torch_ms, 3), 'rounds': rounds,
+            'loadavg_before': round(load_before, 2),
+            'loadavg_after': round(os.getloadavg()[0], 2),
+            'jax': workers['ae_jax'].info, 'torch': workers['torch'].info}), flush=True)
+  finally:
+    for worker in workers.values():
+      worker.close()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--only', default='',
                       help='Comma-separated config names (default: every training config).')
   parser.add_argument('--batches', default='128,1024', help='Comma-separated batch sizes.')
+  parser.add_argument('--torch', action='store_true',
+                      help='Side by side with PyTorch (configs: ' + ', '.join(TORCH_CONFIGS) + ').')
+  parser.add_argument('--rounds', type=int, default=7, help='Alternating rounds (--torch).')
+  parser.add_argument('--end_to_end', action='store_true',
+                      help="The launcher's steps/s against its bare jitted step "
+                           '(experiments/bench_e2e.py).')
+  parser.add_argument('--worker', choices=('jax', 'torch'), help=argparse.SUPPRESS)
   args = parser.parse_args()
-  names = args.only.split(',') if args.only else config_names()
+  if args.worker:
+    return _worker(args.worker)
   batches = [int(b) for b in args.batches.split(',')]
+  if args.end_to_end:
+    from experiments import bench_e2e  # pylint: disable=g-import-not-at-top
+    for row in bench_e2e.end_to_end_rows():
+      print(json.dumps({**row, 'loadavg': round(os.getloadavg()[0], 2)}), flush=True)
+    return None
+  if args.torch:
+    names = args.only.split(',') if args.only else TORCH_CONFIGS
+    unknown = sorted(set(names) - set(TORCH_CONFIGS))
+    if unknown:
+      raise SystemExit(f'--torch compares {", ".join(TORCH_CONFIGS)}; not {", ".join(unknown)}.')
+    return compare_with_torch(names, batches, rounds=args.rounds)
+  names = args.only.split(',') if args.only else config_names()
 
   peak = matmul_peak_gflops()
   print(json.dumps({'name': 'matmul_peak', 'peak_gflops': round(peak, 2),

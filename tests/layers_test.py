@@ -12,6 +12,7 @@ import sys
 
 from absl.testing import parameterized
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +83,101 @@ class ReparameterizeTest(parameterized.TestCase):
     np.testing.assert_allclose(g_mean, jnp.ones_like(mean))
     np.testing.assert_allclose(g_log_var, 0.5 * jnp.exp(0.5 * log_var) * eps,
                                rtol=1e-6)
+
+
+def _flax_reference_check(ref, fast, x, *, rtol=2e-5):
+  """`fast` has `ref`'s parameters and outputs, and the same gradients for every leaf.
+
+  The reference is flax.linen's own module differentiated by JAX's rules; a
+  random cotangent weights every output element differently, so a kernel
+  gradient with a flipped, shifted or transposed kernel axis fails.
+  """
+  params = ref.init(jax.random.key(1), x)
+  fast_params = fast.init(jax.random.key(1), x)
+  chex.assert_trees_all_equal(params, fast_params)  # Same names, shapes, initial values.
+  cotangent = jax.random.normal(jax.random.key(2), jax.eval_shape(ref.apply, params, x).shape)
+
+  @jax.jit
+  def outputs_and_grads(params, x):
+    loss = lambda module: lambda p, x: jnp.sum(module.apply(p, x) * cotangent)
+    return ((ref.apply(params, x), jax.grad(loss(ref), argnums=(0, 1))(params, x)),
+            (fast.apply(params, x), jax.grad(loss(fast), argnums=(0, 1))(params, x)))
+
+  reference, ours = outputs_and_grads(params, x)
+  for want, got in zip(jax.tree.leaves(reference), jax.tree.leaves(ours)):
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=rtol * scale)
+
+
+_TRANSPOSED_CASES = [
+    # (kernel, stride, padding, input spatial, C_in, C_out)
+    (3, 2, 'SAME', (7, 7), 5, 3), (3, 2, 'SAME', (7, 6), 3, 5), (4, 2, 'SAME', (5, 6), 5, 3),
+    (4, 2, 'SAME', (4, 4), 3, 5), (3, 1, 'SAME', (6, 5), 5, 3), (4, 1, 'SAME', (5, 5), 3, 5),
+    (3, 3, 'SAME', (5, 4), 4, 4), (4, 3, 'SAME', (5, 5), 5, 3), (3, 2, 'VALID', (5, 7), 3, 5),
+    (4, 3, 'VALID', (4, 7), 5, 3), (4, 1, 'VALID', (3, 4), 4, 4),
+    (4, 2, ((1, 2), (2, 1)), (5, 5), 5, 3), (3, 2, ((0, 0), (1, 1)), (6, 5), 3, 5),
+    (3, 3, ((2, 2), (0, 1)), (4, 5), 4, 4), (3, 2, 1, (5, 5), 3, 5), (2, 2, 'SAME', (4, 3), 5, 3),
+]
+
+
+class FastConvolutionTest(parameterized.TestCase):
+  """layers.ConvTranspose and layers.Conv against flax.linen's modules."""
+
+  @parameterized.parameters(*_TRANSPOSED_CASES)
+  def test_conv_transpose_matches_flax(self, k, s, padding, size, c_in, c_out):
+    x = jax.random.normal(jax.random.key(0), (3,) + size + (c_in,))
+    _flax_reference_check(nn.ConvTranspose(c_out, (k, k), strides=(s, s), padding=padding),
+                          layers.ConvTranspose(c_out, (k, k), strides=(s, s), padding=padding), x)
+
+  @parameterized.parameters(*_TRANSPOSED_CASES[::2])
+  def test_conv_matches_flax(self, k, s, padding, size, c_in, c_out):
+    x = jax.random.normal(jax.random.key(0), (3,) + tuple(2 * n + 1 for n in size) + (c_in,))
+    _flax_reference_check(nn.Conv(c_out, (k, k), strides=(s, s), padding=padding),
+                          layers.Conv(c_out, (k, k), strides=(s, s), padding=padding), x)
+
+  @parameterized.parameters(((7,), (3,), (2,)), ((3, 4, 5), (3, 2, 3), (2, 1, 2)))
+  def test_one_and_three_spatial_dims(self, size, kernel, strides):
+    x = jax.random.normal(jax.random.key(0), (2,) + size + (3,))
+    _flax_reference_check(nn.ConvTranspose(4, kernel, strides=strides),
+                          layers.ConvTranspose(4, kernel, strides=strides), x)
+    _flax_reference_check(nn.Conv(4, kernel, strides=strides),
+                          layers.Conv(4, kernel, strides=strides), x)
+
+  def test_no_bias_and_bfloat16(self):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    _flax_reference_check(nn.ConvTranspose(4, (3, 3), strides=(2, 2), use_bias=False),
+                          layers.ConvTranspose(4, (3, 3), strides=(2, 2), use_bias=False), x)
+    fast = layers.ConvTranspose(4, (3, 3), strides=(2, 2), dtype=jnp.bfloat16)
+    params = fast.init(jax.random.key(1), x)
+    grads = jax.grad(lambda p: jnp.sum(fast.apply(p, x).astype(jnp.float32)))(params)
+    assert fast.apply(params, x).dtype == jnp.bfloat16
+    assert grads['params']['kernel'].dtype == jnp.float32  # The parameter's dtype.
+
+  def test_bad_arguments_are_named(self):
+    x = jnp.ones((2, 5, 5, 3))
+    with pytest.raises(ValueError, match="padding must be 'SAME', 'VALID'.*'CIRCULAR'"):
+      layers.ConvTranspose(4, (3, 3), padding='CIRCULAR').init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r'2-d kernel expects inputs \[B, 2 spatial dims, C\]'):
+      layers.Conv(4, (3, 3)).init(jax.random.key(0), jnp.ones((5, 5, 3)))
+
+  def test_decoders_use_the_fast_layer(self):
+    """Every transposed convolution the image models call is layers.ConvTranspose."""
+    from ae_jax import models  # pylint: disable=g-import-not-at-top
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+      called.append(type(context.module))
+      return next_fun(*args, **kwargs)
+
+    image = jnp.ones((1, 28, 28, 1))
+    for model, args in [(models.ConvAutoencoder(), (image,)),
+                        (models.ConvVAE(), (image, jax.random.key(0))),
+                        (models.VQVAE(), (image,)),
+                        (models.UNetDenoiser(), (image,))]:
+      with nn.intercept_methods(record):
+        jax.eval_shape(model.init, jax.random.key(0), *args)
+    assert layers.ConvTranspose in called
+    assert nn.ConvTranspose not in called
 
 
 class ConvStackTest(parameterized.TestCase):

@@ -202,3 +202,29 @@ def test_nan_loss_is_reported_by_step_metrics():
   assert train.nonfinite_metrics(metrics) == ['grad_norm', 'loss']
   with pytest.raises(FloatingPointError, match='step 0: grad_norm=nan, loss=nan'):
     train.check_finite_metrics(metrics, step=int(state.step) - 1)
+
+
+def test_cpu_steps_keep_convolutions_with_xla():
+  """On CPU the jitted steps hand matrix products, not convolutions, to YNNPACK."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip('a CPU option')
+  assert train.compiler_options() == {
+      'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+  def objective(params, batch, key):
+    del key
+    y = jax.lax.conv_general_dilated(batch['image'], params['params']['w'], (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.mean(y**2), {}
+
+  tx = optax.sgd(0.1)
+  state = train.create_train_state({'params': {'w': jnp.ones((3, 3, 4, 8))}}, tx)
+  batch = {'image': jnp.ones((16, 8, 8, 4))}
+  step = train.make_train_step(objective, tx, donate=False)
+  hlo = step.lower(state, batch, jax.random.key(0)).compile().as_text()
+  convolutions = [line for line in hlo.splitlines() if ' convolution(' in line]
+  assert convolutions  # The step's convolutions are XLA's own ops ...
+  assert not any('__ynn_fusion' in line and 'convolution' in line for line in hlo.splitlines())
+  plain = jax.jit(train.train_step_fn(objective, tx)).lower(
+      state, batch, jax.random.key(0)).compile().as_text()
+  assert plain.count('__ynn_fusion') > hlo.count('__ynn_fusion')  # ... not XLA's default.

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ae_jax import layers
 from ae_jax.models.autoencoder import AEOutput
 
 
@@ -70,7 +71,7 @@ class UNetDenoiser(nn.Module):
     h = z
     for level in reversed(range(self.levels)):
       f = self.features * 2 ** level
-      h = nn.ConvTranspose(f, (2, 2), strides=(2, 2))(h)
+      h = layers.ConvTranspose(f, (2, 2), strides=(2, 2))(h)
       h = conv(f, conv(f, jnp.concatenate([h, skips[level]], axis=-1)))
     logits = nn.Conv(x.shape[-1], (1, 1))(jnp.concatenate([h, x], axis=-1))
     return AEOutput(logits=logits, z=z)

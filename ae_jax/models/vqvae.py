@@ -97,7 +97,8 @@ class VQVAE(nn.Module):
     self.encoder_conv = nn.Conv(self.hidden_channels, (3, 3), padding='SAME')
     self.encoder_res = layers.ResidualStack(self.num_res_blocks,
                                            self.res_channels)
-    self.pre_quantization = nn.Conv(self.code_dim, (1, 1))
+    # 1x1 and D -> hidden: layers.Conv's kernel gradients are the faster ones.
+    self.pre_quantization = layers.Conv(self.code_dim, (1, 1))
     if self.ema:
       self.quantizer = layers.VectorQuantizerEMA(
           self.num_codes, self.code_dim, decay=self.decay,
@@ -108,7 +109,7 @@ class VQVAE(nn.Module):
         raise ValueError('axis_name and dead_code_threshold need ema=True; '
                          'use ae_jax.layers.restart_dead_codes otherwise.')
       self.quantizer = layers.VectorQuantizer(self.num_codes, self.code_dim)
-    self.decoder_conv = nn.Conv(self.hidden_channels, (3, 3), padding='SAME')
+    self.decoder_conv = layers.Conv(self.hidden_channels, (3, 3), padding='SAME')
     self.decoder_res = layers.ResidualStack(self.num_res_blocks,
                                            self.res_channels)
     self.decoder_convs = layers.ConvDecoder(
