@@ -180,6 +180,18 @@ def _jax_step(name: str, batch_size: int):
   return step, num_params
 
 
+def _use_flax_layers() -> None:
+  """Steps built from now on are the ones before ae-jax's fast convolutions.
+
+  The models use flax.linen's Conv and ConvTranspose (the gradients JAX
+  derives) in place of ae_jax.layers', compiled with XLA's default options.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from ae_jax import layers  # pylint: disable=g-import-not-at-top
+  layers.Conv, layers.ConvTranspose = nn.Conv, nn.ConvTranspose
+  train.compiler_options = dict
+
+
 def _worker(framework: str) -> None:
   """Answers JSON commands on stdin: {"setup": name, "batch": B}, {"steps": n}."""
   if framework == 'torch':
@@ -189,6 +201,8 @@ def _worker(framework: str) -> None:
     info = {'version': torch.__version__, 'threads': torch.get_num_threads(),
             'device': bench_torch.device()}
   else:
+    if framework == 'flax_layers':
+      _use_flax_layers()
     make = _jax_step
     info = {'version': jax.__version__, 'device': jax.devices()[0].device_kind}
   step = None
@@ -235,34 +249,47 @@ class _Worker:
     self.process.wait()
 
 
-def compare_with_torch(names, batches, *, rounds: int = 7, round_seconds: float = 1.0):
-  """Rows of ae-jax against PyTorch, medians over alternating rounds (module doc)."""
+def compare_with_torch(names, batches, *, rounds: int = 7, round_seconds: float = 1.0,
+                       flax_layers: bool = False):
+  """Rows of ae-jax against PyTorch, medians over alternating rounds (module doc).
+
+  With `flax_layers`, a third worker runs the same ae-jax step built with
+  flax.linen's convolutions and XLA's default options, the step as it was
+  before ae_jax.layers' convolutions (`flax_layers_ms`, `flax_layers_ratio`).
+  """
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     raise SystemExit('--torch needs PyTorch: pip install -e ".[bench]" '
                      '(or pip install torch).') from None
   workers = {'ae_jax': _Worker('jax'), 'torch': _Worker('torch')}
+  if flax_layers:
+    workers['flax_layers'] = _Worker('flax_layers')
   try:
     for name in names:
       for batch_size in batches:
         load_before = os.getloadavg()[0]
         params = {k: w.ask(setup=name, batch=batch_size)['params'] for k, w in workers.items()}
-        if params['ae_jax'] != params['torch']:
+        if len(set(params.values())) > 1:
           raise RuntimeError(f'{name}: {params["ae_jax"]} ae-jax parameters but '
                              f'{params["torch"]} in experiments/bench_torch.py.')
         # One step of each, to size the rounds.
         steps = {k: max(1, round(round_seconds / min(w.ask(steps=1)['seconds'])))
                  for k, w in workers.items()}
         medians = {k: [] for k in workers}
+        order = list(workers)
         for r in range(rounds):
-          for k in (('ae_jax', 'torch') if r % 2 == 0 else ('torch', 'ae_jax')):
+          for k in (order if r % 2 == 0 else order[::-1]):
             medians[k].append(float(np.median(workers[k].ask(steps=steps[k])['seconds'])))
-        jax_ms, torch_ms = (1e3 * float(np.median(medians[k])) for k in ('ae_jax', 'torch'))
+        ms = {k: 1e3 * float(np.median(v)) for k, v in medians.items()}
+        jax_ms, torch_ms = ms['ae_jax'], ms['torch']
+        extra = ({'flax_layers_ms': round(ms['flax_layers'], 3),
+                  'flax_layers_ratio': round(ms['flax_layers'] / torch_ms, 3)}
+                 if flax_layers else {})
         print(json.dumps({
             'name': f'{name}_vs_torch', 'batch': batch_size, 'params': params['ae_jax'],
             'ae_jax_ms': round(jax_ms, 3), 'torch_ms': round(torch_ms, 3),
-            'ratio': round(jax_ms / torch_ms, 3), 'rounds': rounds,
+            'ratio': round(jax_ms / torch_ms, 3), **extra, 'rounds': rounds,
             'loadavg_before': round(load_before, 2),
             'loadavg_after': round(os.getloadavg()[0], 2),
             'jax': workers['ae_jax'].info, 'torch': workers['torch'].info}), flush=True)
@@ -282,7 +309,10 @@ def main():
   parser.add_argument('--end_to_end', action='store_true',
                       help="The launcher's steps/s against its bare jitted step "
                            '(experiments/bench_e2e.py).')
-  parser.add_argument('--worker', choices=('jax', 'torch'), help=argparse.SUPPRESS)
+  parser.add_argument('--flax_layers', action='store_true',
+                      help="The steps before ae-jax's fast convolutions: flax.linen's Conv and "
+                           "ConvTranspose, XLA's default options (with --torch: a third worker).")
+  parser.add_argument('--worker', choices=('jax', 'flax_layers', 'torch'), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     return _worker(args.worker)
@@ -297,8 +327,10 @@ def main():
     unknown = sorted(set(names) - set(TORCH_CONFIGS))
     if unknown:
       raise SystemExit(f'--torch compares {", ".join(TORCH_CONFIGS)}; not {", ".join(unknown)}.')
-    return compare_with_torch(names, batches, rounds=args.rounds)
+    return compare_with_torch(names, batches, rounds=args.rounds, flax_layers=args.flax_layers)
   names = args.only.split(',') if args.only else config_names()
+  if args.flax_layers:
+    _use_flax_layers()
 
   peak = matmul_peak_gflops()
   print(json.dumps({'name': 'matmul_peak', 'peak_gflops': round(peak, 2),
