@@ -19,6 +19,7 @@ from ae_jax import data
 from ae_jax.data import pipeline
 from ae_jax.data import prepare
 from ae_jax.data import sources
+from ae_jax.training import prefetch
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -190,6 +191,76 @@ def test_missing_tfds_dataset_raises_one_clear_error(tmp_path, no_network):
   assert 'python -m ae_jax.data.prepare fashion_mnist' in message
 
 
+def _assert_reads_equal(a, b):
+  """Two `get` results: the same dtypes and bitwise the same values."""
+  for x, y in zip(a, b, strict=True):
+    assert x.dtype == y.dtype and x.shape == y.shape
+    np.testing.assert_array_equal(x, y)
+
+
+def test_tfds_split_decoded_into_memory_equals_its_records(tmp_path, monkeypatch):
+  num = 40
+  with tfds.testing.mock_data(num_examples=num):
+    decoded = sources.TfdsSource('fashion_mnist', 'train', data_dir=tmp_path)
+    records = sources.TfdsSource(
+        'fashion_mnist', 'train', data_dir=tmp_path, in_memory=False
+    )
+    reference = tfds.data_source('fashion_mnist', split='train', data_dir=tmp_path)
+    assert decoded.in_memory and not records.in_memory
+    assert decoded.decoded_nbytes == num * (28 * 28 + 4)
+    # Unsorted, repeated, first and last.
+    indices = np.array([39, 0, 7, 7, 21, 3])
+    _assert_reads_equal(decoded.get(indices), records.get(indices))
+    _assert_reads_equal(decoded.get(np.arange(num)), records.get(np.arange(num)))
+    images, labels = decoded.get(indices)
+    for row, i in enumerate(indices):
+      # The official reader, scaled as the in-memory sets are.
+      expected = (reference[int(i)]['image'] / 255.0).astype(np.float32)
+      np.testing.assert_array_equal(images[row], expected)
+      assert labels[row] == reference[int(i)]['label']
+
+    # open_source decodes a split that fits the budget and no other.
+    assert data.open_source('fashion_mnist', data_dir=tmp_path).in_memory
+    monkeypatch.setattr(sources, 'DECODE_BUDGET_BYTES', decoded.decoded_nbytes - 1)
+    assert not data.open_source('fashion_mnist', data_dir=tmp_path).in_memory
+    monkeypatch.setattr(sources, 'DECODE_BUDGET_BYTES', decoded.decoded_nbytes)
+    assert data.open_source('fashion_mnist', data_dir=tmp_path).in_memory
+
+
+@pytest.mark.parametrize('drop_remainder', [True, False])
+def test_batches_from_memory_and_prefetched_equal_batches_from_records(
+    tmp_path, monkeypatch, drop_remainder
+):
+  # The path before decoding once: every batch read from the records, built on
+  # the consumer's thread. 30 examples, batches of 8: 3 or 4 steps an epoch,
+  # so 10 steps cross epochs (and padded last batches).
+  kwargs = dict(
+      batch_size=8, seed=3, binarize=True, drop_remainder=drop_remainder,
+      data_dir=tmp_path,
+  )
+  steps, start_step = 10, 6
+  with tfds.testing.mock_data(num_examples=30):
+    monkeypatch.setattr(sources, 'DECODE_BUDGET_BYTES', 0)
+    assert not data.open_source('fashion_mnist', data_dir=tmp_path).in_memory
+    from_records = _take(data.batches('fashion_mnist', **kwargs), steps)
+    monkeypatch.undo()
+    assert data.open_source('fashion_mnist', data_dir=tmp_path).in_memory
+    from_memory = _take(data.batches('fashion_mnist', **kwargs), steps)
+    # The training loop's path: in memory, built ahead in a background thread.
+    with prefetch.Prefetcher(data.batches('fashion_mnist', **kwargs)) as ahead:
+      prefetched = _take(ahead, steps)
+    with prefetch.Prefetcher(
+        data.batches('fashion_mnist', start_step=start_step, **kwargs)
+    ) as ahead:
+      resumed = _take(ahead, steps - start_step)
+  _assert_batches_equal(from_memory, from_records)
+  _assert_batches_equal(prefetched, from_records)
+  _assert_batches_equal(resumed, from_records[start_step:])
+  # The comparison means something: steps differ, the noise is in the batch.
+  assert not np.array_equal(from_records[0]['image'], from_records[1]['image'])
+  assert set(np.unique(from_records[0]['image'])) == {0.0, 1.0}
+
+
 # ---------------------------------------------------------------------------
 # Batch iterator.
 
@@ -291,6 +362,52 @@ def test_dynamic_binarization_is_bernoulli_of_the_pixels_and_reproducible():
   # Fresh noise at every step.
   assert not np.array_equal(first[0]['image'], first[1]['image'])
   assert abs(first[0]['image'].mean() - images.mean()) < 0.03
+
+
+@pytest.mark.parametrize('drop_remainder', [True, False])
+def test_binarized_batches_follow_the_documented_formula(drop_remainder):
+  # The module docstring of ae_jax.data.pipeline, written out: epoch e visits
+  # the permutation of PCG64(SeedSequence([seed, 0, e])), step t takes its
+  # rows [j*B, (j+1)*B) (padded with zeros and label -1), and its images are
+  # 1[u < x] with u ~ U[0, 1) float32 from PCG64(SeedSequence([seed, 1, t])).
+  images, labels = _synthetic(10)
+  seed, batch_size = 3, 4
+  per_epoch = 2 if drop_remainder else 3
+  out = _take(data.batches((images, labels), batch_size=batch_size, seed=seed, binarize=True,
+                           drop_remainder=drop_remainder), 7)
+  generator = lambda *words: np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
+  for t, batch in enumerate(out):
+    epoch, j = divmod(t, per_epoch)
+    rows = generator(seed, 0, epoch).permutation(10)[j * batch_size:(j + 1) * batch_size]
+    x = np.zeros((batch_size, 4, 4, 1), np.float32)
+    x[:len(rows)] = images[rows]
+    u = generator(seed, 1, t).random((batch_size, 4, 4, 1), dtype=np.float32)
+    assert batch['image'].dtype == np.float32
+    np.testing.assert_array_equal(batch['image'], (u < x).astype(np.float32))
+    expected_labels = np.full((batch_size,), -1, np.int32)
+    expected_labels[:len(rows)] = labels[rows]
+    np.testing.assert_array_equal(batch['label'], expected_labels)
+
+
+def test_a_batch_never_shares_memory_with_its_source():
+  images, labels = _synthetic(8)
+
+  class Views:
+    """A source whose `get` returns views of its arrays (rows in order)."""
+    name, element_shape = 'views', (4, 4, 1)
+
+    def __len__(self):
+      return 8
+
+    def get(self, indices):
+      return images[indices[0]:indices[-1] + 1], labels[indices[0]:indices[-1] + 1]
+
+  before = images.copy()
+  for batch in data.batches(Views(), batch_size=4, shuffle=False, num_epochs=1):
+    batch['image'][:] = 0.5
+    batch['label'][:] = -7
+  np.testing.assert_array_equal(images, before)
+  np.testing.assert_array_equal(labels, np.arange(8))
 
 
 def test_padding_mask_marks_real_examples():
@@ -407,6 +524,40 @@ def test_offline_fashion_mnist_round_trips_the_idx_files(
       assert digest((images.reshape(size, -1) * 255).round().astype(np.uint8)) == (
           digest(ref_images)
       )
+
+
+def test_prepared_split_is_decoded_once_and_equals_its_records(
+    prepared_fashion_mnist, monkeypatch
+):
+  data_dir, split, num = prepared_fashion_mnist, 'test[:300]', 300
+  decoded_splits = []
+  decode_all = sources.TfdsSource._decode_all
+
+  def counting_decode_all(self):
+    decoded_splits.append(self.split)
+    return decode_all(self)
+
+  monkeypatch.setattr(sources.TfdsSource, '_decode_all', counting_decode_all)
+  first = data.open_source('fashion_mnist', split, data_dir=data_dir)
+  again = data.open_source('fashion_mnist', split, data_dir=data_dir)
+  records = sources.TfdsSource('fashion_mnist', split, data_dir=data_dir, in_memory=False)
+  assert first.in_memory and again.in_memory and not records.in_memory
+  assert decoded_splits == [split]  # The second source shares the first's pixels.
+  everything = np.arange(num)
+  _assert_reads_equal(first.get(everything), records.get(everything))
+  _assert_reads_equal(again.get(everything), records.get(everything))
+  # The batch buffers are the caller's to write.
+  images, labels = first.get(everything[:4])
+  images[:] = 0.0
+  labels[:] = -1
+  _assert_reads_equal(again.get(everything), records.get(everything))
+  reference = tfds.data_source('fashion_mnist', split=split, data_dir=data_dir)
+  images, labels = first.get(everything)
+  for i in (0, 150, 299):
+    np.testing.assert_array_equal(
+        images[i], (reference[i]['image'] / 255.0).astype(np.float32)
+    )
+    assert labels[i] == reference[i]['label']
 
 
 def test_prepare_cli_reports_what_it_did(prepared_fashion_mnist, capsys):

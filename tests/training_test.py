@@ -5,8 +5,11 @@ after SIGKILL and SIGTERM (bitwise), the NaN stop and 2 devices against 1.
 Here: every config's smoke preset through the launcher (`python -m
 experiments.main`) with its directories and figures; configs rejected before
 anything trains, naming the field; a finished run restored, never retrained;
-the in-process SIGTERM handler given back after `fit`; and the launcher's exit
-status 75 on SIGTERM on 2 devices, then the same run resumed on 1 device.
+the in-process SIGTERM handler given back after `fit`; the data thread of
+`fit` (batches in order, the same run as stepping by hand, bitwise after a
+resume; data errors raised on the training thread at their step; the thread
+stopped and the data closed on every exit); and the launcher's exit status 75 on SIGTERM on 2 devices, then the
+same run resumed on 1 device.
 """
 
 import dataclasses
@@ -19,20 +22,30 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from ae_jax import data
 from ae_jax import recipes
+from ae_jax import train
 from ae_jax import training
 from ae_jax.recipes import autoencoder as autoencoder_recipe
+from ae_jax.recipes.base import Schedule
+from ae_jax.recipes.base import Stage
 from experiments.configs import denoising
 from experiments.configs import undercomplete
 from experiments.configs import vae
 from experiments.main import EXIT_PREEMPTED
 
 import _launch_helpers as helpers
+from _tiny_objectives import deterministic_objective
+from _tiny_objectives import IMAGE_SHAPE
+from _tiny_objectives import MODEL
 
 REPO = helpers.REPO
 CONFIGS = sorted(
@@ -207,6 +220,103 @@ def test_in_process_sigterm_stops_the_fit_and_the_previous_handler_is_given_back
     assert len(calls) == 2  # and after a fit that finished.
   finally:
     signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------
+# fit's data thread, on the tiny autoencoder of tests/_tiny_objectives.py.
+
+_TINY_TX = optax.adam(1e-2)
+_TINY_IMAGES = np.random.default_rng(0).uniform(size=(20, *IMAGE_SHAPE)).astype(np.float32)
+
+
+class _TinyData:
+  """`train_data` of the tiny stage: dynamically binarized batches of 4 (5 steps an
+  epoch), noting each start step asked for and each iterator closed; the batch of
+  step `fail_at` raises OSError."""
+
+  def __init__(self, fail_at=None):
+    self.fail_at = fail_at
+    self.start_steps = []
+    self.closed = 0
+
+  def __call__(self, start_step):
+    self.start_steps.append(start_step)
+    batches = data.batches((_TINY_IMAGES,), batch_size=4, seed=1, binarize=True,
+                           start_step=start_step)
+    try:
+      for step, batch in enumerate(batches, start_step + 1):
+        if step == self.fail_at:
+          raise OSError(f'could not read the batch of step {step}')
+        yield batch
+    finally:
+      self.closed += 1
+
+
+def _tiny_stage(train_data, num_steps=8):
+  def init(key):
+    return train.create_train_state(MODEL.init(key, jnp.zeros((1, *IMAGE_SHAPE))), _TINY_TX)
+
+  return Stage(name='tiny', init=init, train_data=train_data,
+               train_step=train.train_step_fn(deterministic_objective, _TINY_TX),
+               schedule=Schedule(num_train_steps=num_steps, log_every_steps=2,
+                                 eval_every_steps=100, checkpoint_every_steps=3,
+                                 progress_bar=False))
+
+
+def _data_threads():
+  return [t for t in threading.enumerate() if t.name == 'ae_jax-prefetch']
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+def test_fit_steps_through_the_stage_batches_in_order_and_resumes_bitwise(tmp_path):
+  # By hand, the way fit stepped before it had a data thread: each batch taken
+  # and placed on the training thread; keys as `Stage` documents them.
+  stage = _tiny_stage(_TinyData())
+  init_key, train_key, _ = jax.random.split(jax.random.key(stage.seed), 3)
+  step_fn = jax.jit(stage.train_step, donate_argnums=(0,))
+  by_hand = [jax.jit(stage.init)(init_key)]
+  for _, batch in zip(range(8), stage.train_data(0)):
+    state, _ = step_fn(by_hand[-1], jax.tree.map(jnp.asarray, batch), train_key)
+    by_hand.append(jax.device_get(state))
+
+  uninterrupted = training.fit(stage, str(tmp_path / 'a'), faults='')
+  assert int(uninterrupted.state.step) == 8
+  _assert_trees_equal(uninterrupted.state, by_hand[8])
+
+  resumed_data = _TinyData()
+  resumed_stage = _tiny_stage(resumed_data)
+  with pytest.raises(training.Preempted, match='at step 5'):
+    training.fit(resumed_stage, str(tmp_path / 'b'), faults='sigterm@5')
+  _, at_5 = helpers.restore(tmp_path / 'b', 5)
+  np.testing.assert_array_equal(at_5['step'], 5)
+  resumed = training.fit(resumed_stage, str(tmp_path / 'b'), faults='')
+  assert resumed_data.start_steps == [0, 5]
+  _assert_trees_equal(resumed.state, by_hand[8])
+  # The comparison means something: the batches moved the parameters.
+  assert helpers.max_abs_diff(by_hand[8].params, by_hand[5].params) > 1e-4
+  assert resumed_data.closed == 2 and not _data_threads()
+
+
+def test_a_data_error_is_raised_by_fit_at_its_step_and_the_thread_stops(tmp_path):
+  train_data = _TinyData(fail_at=5)
+  previous = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(OSError, match='could not read the batch of step 5'):
+    training.fit(_tiny_stage(train_data), str(tmp_path), faults='')
+  # Raised when step 5 needed it, not when the thread met it ahead of the
+  # loop: steps 1-4 ran and the checkpoint at 3 was saved.
+  assert training.checkpoint.latest_step(str(tmp_path)) == 3
+  assert train_data.closed == 1 and not _data_threads()
+  assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_an_error_on_the_training_thread_stops_the_data_thread(tmp_path):
+  train_data = _TinyData()
+  with pytest.raises(training.TrainingDivergedError, match='diverged at step 4'):
+    training.fit(_tiny_stage(train_data), str(tmp_path), faults='nan@4')
+  assert train_data.closed == 1 and not _data_threads()
 
 
 # Same global batch and keys on 1 and 2 devices; only the gradient all-reduce's

@@ -224,15 +224,25 @@ def _generate(
 
     # A source may serve other arrays than images: token rows (int32) under
     # its `input_key` (ae_jax.molecules.data.TokenSource); padding rows are 0.
-    images = np.zeros((local_size, *element_shape), getattr(source, 'dtype', np.float32))
-    labels = np.full((local_size,), -1, np.int32)
-    if num_real:
-      images[:num_real], labels[:num_real] = source.get(indices)
+    dtype = getattr(source, 'dtype', np.float32)
+    if num_real == local_size:
+      # No padding. The source's images are only read when binarizing, else
+      # copied: a batch never shares memory with the source.
+      real_images, real_labels = source.get(indices)
+      images = (np.asarray if binarize else np.array)(real_images, dtype)
+      labels = np.array(real_labels, np.int32)
+    else:
+      images = np.zeros((local_size, *element_shape), dtype)
+      labels = np.full((local_size,), -1, np.int32)
+      if num_real:
+        images[:num_real], labels[:num_real] = source.get(indices)
     if binarize:
       noise = _rng(seed, _BINARIZE_STREAM, step).random(
           (batch_size, *element_shape), dtype=np.float32
       )[first_row:first_row + local_size]
-      images = (noise < images).astype(np.float32)
+      # 1[u < x] as float32, written over u: the host builds a batch every
+      # step, and every fresh 400 kB buffer costs it page faults.
+      images = np.less(noise, images, out=noise)
 
     batch = {getattr(source, 'input_key', 'image'): images, 'label': labels}
     if not drop_remainder:

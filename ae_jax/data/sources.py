@@ -3,8 +3,14 @@
 A *source* is a random-access sequence of examples: `len(source)` and
 `source.get(indices)` returning `(images float32 [n, H, W, C] in [0, 1],
 labels int32 [n])`. The batch iterator (`pipeline.batches`) only draws indices;
-sources turn them into arrays, so a TFDS dataset is never materialised unless
-`load_arrays` asks for it.
+sources turn them into arrays.
+
+A TFDS split whose pixels fit in `DECODE_BUDGET_BYTES` (every dataset named
+here does) is read and decoded once, on first use in the process, into a
+uint8 array kept in memory and then served by index like the in-memory sets:
+decoding PNG records costs about 50 ms per 1,024 images, too slow to do for
+every batch. Larger splits are read record by record. Both give the same
+float32 values (see `TfdsSource.get`).
 
 Datasets without labels (binarized_mnist) get label -1.
 
@@ -27,11 +33,14 @@ References:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
 import importlib.util
+import math
 import os
+import threading
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,6 +82,19 @@ TFDS_DATASETS: dict[str, str] = {
 _TFDS_MAX_VALUE = {'binarized_mnist': 1.0}
 TFDS_PREFIX = 'tfds:'
 """`'tfds:<name>'` reads any other TFDS dataset with an uint8 'image' feature."""
+
+DECODE_BUDGET_BYTES = 2 * 2**30
+"""A TFDS split whose decoded uint8 pixels and int32 labels take at most this
+many bytes is decoded once into memory (`TfdsSource`); a larger one is read by
+random access. Fashion-MNIST's train split takes 47 MB, CIFAR-10's 154 MB."""
+
+_DECODE_CHUNK = 1024
+# Decoded splits kept for the process (eval data is opened again at every
+# evaluation): (builder data_dir, split) -> (pixels, labels), least recent first.
+_DECODED: collections.OrderedDict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = (
+    collections.OrderedDict())
+_DECODED_MAX_SPLITS = 4
+_DECODED_LOCK = threading.Lock()
 
 
 class DatasetNotFoundError(ValueError):
@@ -345,15 +367,28 @@ def _not_prepared_error(
 
 
 class TfdsSource:
-  """A prepared TFDS split read by random access (`tfds.data_source`).
+  """A prepared TFDS split, decoded into memory or read by random access.
 
   Construction checks, before reading anything, that the dataset is prepared
   in `data_dir` as array_record files and that the split exists; it never
-  downloads and never imports TensorFlow.
+  downloads and never imports TensorFlow. Then, if `in_memory` (by default:
+  if `decoded_nbytes <= DECODE_BUDGET_BYTES`), it reads and decodes every
+  record once (a progress bar appears if that takes over a second) and keeps
+  the uint8 pixels, shared with later sources of the same split in this
+  process; otherwise `get` reads records through `tfds.data_source`.
+
+  Args:
+    name: a TFDS name from `TFDS_DATASETS` or `'tfds:<name>'`.
+    split: the split, with TFDS's slicing syntax.
+    data_dir: TFDS data directory (default `default_data_dir()`).
+    in_memory: decode the whole split now (True), never (False), or if it fits
+      the budget (None).
   """
 
-  def __init__(self, name: str, split: str, *, data_dir: str | None = None):
+  def __init__(self, name: str, split: str, *, data_dir: str | None = None,
+               in_memory: bool | None = None):
     self.name = name
+    self.split = split
     tfds_name = _tfds_name(name)
     data_dir = os.path.expanduser(os.fspath(data_dir or default_data_dir()))
     self.data_dir = data_dir
@@ -397,6 +432,14 @@ class TfdsSource:
     self._data_source = builder.as_data_source(
         split=split, file_format='array_record'
     )
+    self._pixels: np.ndarray | None = None
+    self._labels: np.ndarray | None = None
+    if in_memory is None:
+      in_memory = self.decoded_nbytes <= DECODE_BUDGET_BYTES
+    if in_memory:
+      # Mocked examples depend on the mock's arguments: never shared.
+      self._pixels, self._labels = self._decoded(
+          None if mocked else (os.fspath(builder.data_dir), split))
 
   @property
   def element_shape(self) -> tuple[int, int, int]:
@@ -405,33 +448,86 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self._data_source)
 
+  @property
+  def decoded_nbytes(self) -> int:
+    """Bytes the decoded split takes in memory: uint8 pixels and int32 labels."""
+    return len(self) * (math.prod(self._element_shape) + 4)
+
+  @property
+  def in_memory(self) -> bool:
+    """Whether the split is decoded in memory (else read record by record)."""
+    return self._pixels is not None
+
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images float32 [n, H, W, C] = pixels / max value, labels int32 [n].
+
+    The same values from memory and from the records: the uint8 pixels are
+    cast to float32 and divided by the float32 max value in both.
+    """
+    if self._pixels is None:
+      pixels, labels = self._read(indices)
+    else:
+      indices = np.asarray(indices, np.int64)
+      pixels, labels = self._pixels[indices], self._labels[indices]
+    images = pixels.astype(np.float32)
+    # float32 division is correctly rounded: equal to (pixels / 255.0) cast
+    # to float32, as the in-memory sets compute it.
+    images /= self._max_value
+    return images, labels
+
+  def _read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 pixels [n, H, W, C] and int32 labels [n] of records `indices`."""
     keys = [int(i) for i in indices]
     if self._mocked:
       # The mock's batched `__getitems__` is broken (tfds 4.9.10); read singly.
       records = [self._data_source[k] for k in keys]
     else:
       records = self._data_source.__getitems__(keys)
-    images = np.empty((len(keys), *self._element_shape), np.float32)
+    pixels = np.empty((len(keys), *self._element_shape), np.uint8)
     labels = np.full((len(keys),), -1, np.int32)
     for row, record in enumerate(records):
-      pixels = record['image']
-      if pixels.dtype != np.uint8:
+      image = record['image']
+      if image.dtype != np.uint8:
         raise ValueError(
-            f'{self.name}: expected uint8 images, got {pixels.dtype}.'
+            f'{self.name}: expected uint8 images, got {image.dtype}.'
         )
-      images[row] = pixels
+      pixels[row] = image
       if self._has_label:
         labels[row] = record['label']
-    # float32 division is correctly rounded: equal to (pixels / 255.0) cast
-    # to float32, as the in-memory sets compute it.
-    images /= self._max_value
-    if images.size and images.max() > 1.0:
+    if pixels.size and pixels.max() > self._max_value:
       raise ValueError(
           f'{self.name}: pixel values exceed {self._max_value}; the dataset is'
           ' not stored as expected.'
       )
-    return images, labels
+    return pixels, labels
+
+  def _decoded(self, key: tuple[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every record's pixels and labels, from the process's cache under `key`."""
+    with _DECODED_LOCK:
+      if key in _DECODED:
+        _DECODED.move_to_end(key)
+        return _DECODED[key]
+      pixels, labels = self._decode_all()
+      if key is not None:
+        pixels.flags.writeable = labels.flags.writeable = False
+        _DECODED[key] = pixels, labels
+        while len(_DECODED) > _DECODED_MAX_SPLITS:
+          _DECODED.popitem(last=False)
+      return pixels, labels
+
+  def _decode_all(self) -> tuple[np.ndarray, np.ndarray]:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    num = len(self)
+    pixels = np.empty((num, *self._element_shape), np.uint8)
+    labels = np.empty((num,), np.int32)
+    # `delay`: the bar appears only if decoding takes over a second.
+    with tqdm.tqdm(total=num, unit='image', desc=f'Decoding {self.name} {self.split}',
+                   delay=1.0, dynamic_ncols=True) as progress:
+      for first in range(0, num, _DECODE_CHUNK):
+        last = min(first + _DECODE_CHUNK, num)
+        pixels[first:last], labels[first:last] = self._read(range(first, last))
+        progress.update(last - first)
+    return pixels, labels
 
 
 # ----------------------------------------------------------------------------

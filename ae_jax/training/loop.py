@@ -13,6 +13,12 @@ interrupted run ends bitwise equal to an uninterrupted one; the records after
 the checkpoint are dropped from metrics.jsonl first. A stage whose checkpoint is
 at its last step is restored and evaluated, not retrained.
 
+Data. A background thread (`ae_jax.training.prefetch`) takes the stage's
+train batches and places them on the devices, `PREFETCH_BATCHES` ahead of the
+step, so the training thread only dispatches steps and reads metrics; the
+batches are the stage's own, so the run is the same. An error in the data is
+raised on the training thread at the step whose batch failed.
+
 Divergence. Train metrics are read one step late on one device (the host
 never waits for the step it just dispatched) and at once on several; eval
 metrics as they come. A NaN or Inf in either raises `TrainingDivergedError`
@@ -55,10 +61,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax import parallel
+from ae_jax import train
 from ae_jax.recipes.base import Stage
 from ae_jax.recipes.base import Trained
 from ae_jax.training import checkpoint
 from ae_jax.training import faults as faults_lib
+from ae_jax.training import prefetch
+
+PREFETCH_BATCHES = 2
+"""Placed train batches the loop's data thread keeps ready ahead of the step."""
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -186,8 +197,10 @@ class _Placement:
       self.put = lambda batch: parallel.shard_batch(batch, mesh)
     else:
       self.replicated = None
-      self.train_step = jax.jit(stage.train_step, donate_argnums=(0,))
-      self.eval_step = jax.jit(stage.eval_step) if stage.eval_step else None
+      options = train.compiler_options()
+      self.train_step = jax.jit(stage.train_step, donate_argnums=(0,), compiler_options=options)
+      self.eval_step = (jax.jit(stage.eval_step, compiler_options=options)
+                        if stage.eval_step else None)
       self.put = lambda batch: jax.tree.map(jnp.asarray, batch)
 
   def state(self, state):
@@ -292,11 +305,15 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
   pending = None
   preempted_at = None
   eval_metrics: dict[str, float] = {}
+  train_batches = None
   preemption = _PreemptionNotice(mngr, enabled=handle_preemption)
   try:
-    train_iter = stage.train_data(start_step) if start_step < num_steps else iter(())
+    if start_step < num_steps:
+      # Batch t + 1 is built and placed on the devices while step t runs.
+      train_batches = prefetch.Prefetcher(stage.train_data(start_step), place.put,
+                                          size=PREFETCH_BATCHES)
     for step in range(start_step + 1, num_steps + 1):
-      batch = place.put(next(train_iter))
+      batch = next(train_batches)
       if ('nan', step) in injected:
         state = place.state(faults_lib.poison(jax.device_get(state)))
       state, metrics = place.train_step(state, batch, train_key)
@@ -330,6 +347,8 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
     if pending is not None:
       finish_step(*pending)
   finally:
+    if train_batches is not None:
+      train_batches.close()
     mngr.wait_until_finished()
     mngr.close()
     # After the last save has landed: a SIGTERM until then is absorbed.
