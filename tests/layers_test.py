@@ -110,32 +110,57 @@ def _flax_reference_check(ref, fast, x, *, rtol=2e-5):
 
 
 _TRANSPOSED_CASES = [
-    # (kernel, stride, padding, input spatial, C_in, C_out)
-    (3, 2, 'SAME', (7, 7), 5, 3), (3, 2, 'SAME', (7, 6), 3, 5), (4, 2, 'SAME', (5, 6), 5, 3),
-    (4, 2, 'SAME', (4, 4), 3, 5), (3, 1, 'SAME', (6, 5), 5, 3), (4, 1, 'SAME', (5, 5), 3, 5),
-    (3, 3, 'SAME', (5, 4), 4, 4), (4, 3, 'SAME', (5, 5), 5, 3), (3, 2, 'VALID', (5, 7), 3, 5),
-    (4, 3, 'VALID', (4, 7), 5, 3), (4, 1, 'VALID', (3, 4), 4, 4),
-    (4, 2, ((1, 2), (2, 1)), (5, 5), 5, 3), (3, 2, ((0, 0), (1, 1)), (6, 5), 3, 5),
-    (3, 3, ((2, 2), (0, 1)), (4, 5), 4, 4), (3, 2, 1, (5, 5), 3, 5), (2, 2, 'SAME', (4, 3), 5, 3),
+    # (kernel, stride, padding, input spatial, C_in, C_out): kernels 3 and 4,
+    # strides 1 to 3, 'SAME', 'VALID' and explicit padding, odd sizes.
+    (3, 2, 'SAME', (7, 7), 5, 3), (4, 2, 'SAME', (5, 6), 3, 5), (4, 3, 'SAME', (5, 5), 5, 3),
+    (3, 1, 'SAME', (6, 5), 5, 3), (4, 3, 'VALID', (4, 7), 5, 3),
+    (4, 2, ((1, 2), (2, 1)), (5, 5), 5, 3),
 ]
+# The same checks on more shapes, in the integration tier.
+_MORE_TRANSPOSED_CASES = [
+    (3, 2, 'SAME', (7, 6), 3, 5), (4, 2, 'SAME', (4, 4), 3, 5), (4, 1, 'SAME', (5, 5), 3, 5),
+    (3, 3, 'SAME', (5, 4), 4, 4), (3, 2, 'VALID', (5, 7), 3, 5), (4, 1, 'VALID', (3, 4), 4, 4),
+    (3, 2, ((0, 0), (1, 1)), (6, 5), 3, 5), (3, 3, ((2, 2), (0, 1)), (4, 5), 4, 4),
+    (3, 2, 1, (5, 5), 3, 5), (2, 2, 'SAME', (4, 3), 5, 3),
+]
+
+
+def _check_conv_transpose(k, s, padding, size, c_in, c_out):
+  x = jax.random.normal(jax.random.key(0), (3,) + size + (c_in,))
+  _flax_reference_check(nn.ConvTranspose(c_out, (k, k), strides=(s, s), padding=padding),
+                        layers.ConvTranspose(c_out, (k, k), strides=(s, s), padding=padding), x)
+
+
+def _check_conv(k, s, padding, size, c_in, c_out):
+  x = jax.random.normal(jax.random.key(0), (3,) + tuple(2 * n + 1 for n in size) + (c_in,))
+  _flax_reference_check(nn.Conv(c_out, (k, k), strides=(s, s), padding=padding),
+                        layers.Conv(c_out, (k, k), strides=(s, s), padding=padding), x)
+
+
+@pytest.mark.integration
+class FastConvolutionMoreShapesTest(parameterized.TestCase):
+
+  @parameterized.parameters(*_MORE_TRANSPOSED_CASES)
+  def test_conv_transpose_matches_flax(self, *case):
+    _check_conv_transpose(*case)
+
+  @parameterized.parameters(*_MORE_TRANSPOSED_CASES)
+  def test_conv_matches_flax(self, *case):
+    _check_conv(*case)
 
 
 class FastConvolutionTest(parameterized.TestCase):
   """layers.ConvTranspose and layers.Conv against flax.linen's modules."""
 
   @parameterized.parameters(*_TRANSPOSED_CASES)
-  def test_conv_transpose_matches_flax(self, k, s, padding, size, c_in, c_out):
-    x = jax.random.normal(jax.random.key(0), (3,) + size + (c_in,))
-    _flax_reference_check(nn.ConvTranspose(c_out, (k, k), strides=(s, s), padding=padding),
-                          layers.ConvTranspose(c_out, (k, k), strides=(s, s), padding=padding), x)
+  def test_conv_transpose_matches_flax(self, *case):
+    _check_conv_transpose(*case)
 
-  @parameterized.parameters(*_TRANSPOSED_CASES[::2])
-  def test_conv_matches_flax(self, k, s, padding, size, c_in, c_out):
-    x = jax.random.normal(jax.random.key(0), (3,) + tuple(2 * n + 1 for n in size) + (c_in,))
-    _flax_reference_check(nn.Conv(c_out, (k, k), strides=(s, s), padding=padding),
-                          layers.Conv(c_out, (k, k), strides=(s, s), padding=padding), x)
+  @parameterized.parameters(*_TRANSPOSED_CASES[:4])
+  def test_conv_matches_flax(self, *case):
+    _check_conv(*case)
 
-  @parameterized.parameters(((7,), (3,), (2,)), ((3, 4, 5), (3, 2, 3), (2, 1, 2)))
+  @parameterized.parameters(((7,), (3,), (2,)), ((3, 4, 5), (3, 2, 2), (2, 1, 2)))
   def test_one_and_three_spatial_dims(self, size, kernel, strides):
     x = jax.random.normal(jax.random.key(0), (2,) + size + (3,))
     _flax_reference_check(nn.ConvTranspose(4, kernel, strides=strides),
