@@ -218,8 +218,10 @@ def _transpose_pads(kernel: Sequence[int], strides: Sequence[int],
   return tuple(pads)
 
 
-def _valid_conv_kernel_grad(inp: Array, cot: Array, kernel_size: Sequence[int],
-                            strides: Sequence[int]) -> Array:
+# Jitted so that eager (un-jitted) gradients run it as one program, not op by op.
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _valid_conv_kernel_grad(inp: Array, cot: Array, kernel_size: tuple[int, ...],
+                            strides: tuple[int, ...]) -> Array:
   """dW [*K, C_in, C_out] of y = conv(inp, W) ('VALID', `strides`) at cotangent `cot`.
 
   dW[j] = sum_{n, a} inp[n, s a + j] cot[n, a] over batch and output
