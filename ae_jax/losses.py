@@ -17,6 +17,28 @@ Shape letters used in names and docstrings:
 * ``P``: number of random probes of a stochastic estimator.
 * ``N``, ``M``, ``Z``: sizes of two samples compared by `mmd2` and their
   dimension.
+
+Argument checks. Every loss checks its arguments before computing anything, so
+that it never silently scores what it cannot score:
+
+* Static checks, on dtypes and shapes only: they run in Python while a jitted
+  step is traced and add nothing to the compiled program. Continuous inputs
+  (predictions, targets, means, logits, activations) must have a floating
+  dtype (``TypeError`` otherwise: integer pixels would wrap around or give a
+  meaningless likelihood); token ids must be integers. Arguments that are
+  compared elementwise must have the same shape, or, where a docstring says
+  "broadcastable", broadcast to the reference argument without changing its
+  shape (``ValueError`` otherwise: ``[B, 784]`` against ``[B, 28, 28, 1]``
+  must not broadcast into a larger array).
+* Value checks of a distribution's support (Bernoulli targets in ``[0, 1]``,
+  token ids in ``[0, V)``, activations of `kl_sparsity` in ``[0, 1]``) need
+  the values, so they run only when the argument is concrete, i.e. when the
+  loss is called eagerly. Under ``jax.jit``, ``vmap`` or any other
+  transformation that traces the argument they are skipped (nothing is added
+  to the program); a training batch's values are checked where it enters the
+  host pipeline instead.
+
+Messages name the loss, the argument, what was received and what is expected.
 """
 
 from collections.abc import Callable, Sequence
@@ -26,6 +48,7 @@ from typing import Literal
 import jax
 from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
+import numpy as np
 
 EncodeFn = Callable[[jax.Array], jax.Array]
 
@@ -45,6 +68,89 @@ def _mean_nonbatch(x: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------
+# Argument checks (see the module docstring).
+# ----------------------------------------------------------------------------
+
+
+def _check_dtypes(fn: str, kind: Literal['floating', 'integer'],
+                  **arrays: jax.Array | float) -> None:
+  """Raises TypeError unless every array has a ``kind`` dtype (static).
+
+  Python ``int`` and ``float`` scalars pass: they are weakly typed and take
+  the dtype of the other operands.
+  """
+  for name, x in arrays.items():
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+      continue
+    dtype = jnp.result_type(x)
+    if jnp.issubdtype(dtype, getattr(jnp, kind)):
+      continue
+    hint = ''
+    if kind == 'floating' and dtype == jnp.uint8:
+      hint = ' (for uint8 pixels use x.astype(jnp.float32) / 255)'
+    expected = 'a floating-point' if kind == 'floating' else 'an integer'
+    raise TypeError(f'{fn}: {name} must have {expected} dtype, got '
+                    f'{jnp.dtype(dtype).name}{hint}.')
+
+
+def _check_shapes(fn: str, reference: tuple[str, jax.Array], *,
+                  broadcast: bool = False, **arrays: jax.Array | float) -> None:
+  """Raises ValueError unless every array fits the reference's shape (static).
+
+  Args:
+    fn: name of the loss, for the message.
+    reference: ``(name, array)`` whose shape the others must fit.
+    broadcast: if False, each array must have exactly the reference's shape.
+      If True, each must be a scalar or have the reference's rank with every
+      axis equal to the reference's or 1, so broadcasting it against the
+      reference never changes the reference's shape (and never aligns axes
+      of different ranks from the right).
+    **arrays: the arrays to check, by argument name.
+  """
+  ref_name, ref = reference
+  ref_shape = jnp.shape(ref)
+  for name, x in arrays.items():
+    shape = jnp.shape(x)
+    if not broadcast:
+      fits = shape == ref_shape
+      expected = f'the shape of {ref_name} {ref_shape}'
+    else:
+      fits = shape == () or (
+          len(shape) == len(ref_shape)
+          and all(n in (1, m) for n, m in zip(shape, ref_shape)))
+      expected = (f'a scalar or a shape of rank {len(ref_shape)} that '
+                  f'broadcasts to {ref_name} {ref_shape}')
+    if not fits:
+      raise ValueError(f'{fn}: {name} has shape {shape}; expected {expected}.')
+
+
+def _check_values_in(fn: str, name: str, x: jax.Array, low: float,
+                     high: float, *, high_open: bool = False) -> None:
+  """Raises ValueError if concrete ``x`` has a value outside ``[low, high]``.
+
+  With ``high_open`` the interval is ``[low, high)``. NaN counts as outside.
+  Only concrete arrays are read: for a tracer (under ``jit``, ``vmap``,
+  ``grad`` of ``x``...) or an array not fully addressable from this process
+  nothing is checked and nothing is added to the traced program.
+  """
+  if isinstance(x, jax.core.Tracer):
+    return
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return
+  values = np.asarray(x)
+  below_high = values < high if high_open else values <= high
+  inside = (values >= low) & below_high
+  if np.all(inside):
+    return
+  bad = values[~inside]
+  interval = f'[{low}, {high})' if high_open else f'[{low}, {high}]'
+  raise ValueError(
+      f'{fn}: {name} must lie in {interval}, got {bad.size} of {values.size} '
+      f'values outside (min {np.min(bad)}, max {np.max(bad)}). This check '
+      f'runs only on concrete (eager) arguments, not under jit.')
+
+
+# ----------------------------------------------------------------------------
 # Reconstruction losses.
 # ----------------------------------------------------------------------------
 
@@ -61,10 +167,17 @@ def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   Returns:
     ``[B]`` mean over the non-batch axes of the squared error.
 
+  Raises:
+    TypeError: if either argument is not floating-point.
+    ValueError: if the shapes differ.
+
   References:
     Hinton & Salakhutdinov, "Reducing the dimensionality of data with neural
     networks", Science 2006.
   """
+  _check_dtypes('mse', 'floating', predictions=predictions,
+                targets=targets)
+  _check_shapes('mse', ('predictions', predictions), targets=targets)
   return _mean_nonbatch(jnp.square(predictions - targets))
 
 
@@ -83,10 +196,18 @@ def sum_squared_error(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   Returns:
     ``[B]`` sum over the non-batch axes of the squared error.
 
+  Raises:
+    TypeError: if either argument is not floating-point.
+    ValueError: if the shapes differ.
+
   References:
     Hinton & Salakhutdinov, "Reducing the dimensionality of data with neural
     networks", Science 2006.
   """
+  _check_dtypes('sum_squared_error', 'floating', predictions=predictions,
+                targets=targets)
+  _check_shapes('sum_squared_error', ('predictions', predictions),
+                targets=targets)
   return _sum_nonbatch(jnp.square(predictions - targets))
 
 
@@ -106,16 +227,28 @@ def bernoulli_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   underflows to ``log(0)`` for large ``|l|``. Targets may be soft (any value
   in ``[0, 1]``, e.g. grey levels), as is usual for MNIST autoencoders.
 
+  Outside ``[0, 1]`` the formula is no likelihood (``t = 2`` can make it
+  negative), so the targets' values are checked when they are concrete (an
+  eager call); under ``jax.jit`` only their dtype and shape are.
+
   Args:
     logits: ``[B, ...]`` pre-sigmoid decoder outputs.
-    targets: ``[B, ...]`` targets in ``[0, 1]``.
+    targets: ``[B, ...]`` floating-point targets in ``[0, 1]``, the shape of
+      ``logits``.
 
   Returns:
     ``[B]`` negative log-likelihood in nats, summed over non-batch axes.
 
+  Raises:
+    TypeError: if either argument is not floating-point.
+    ValueError: if the shapes differ, or concrete targets leave ``[0, 1]``.
+
   References:
     Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. C.1.
   """
+  _check_dtypes('bernoulli_nll', 'floating', logits=logits, targets=targets)
+  _check_shapes('bernoulli_nll', ('logits', logits), targets=targets)
+  _check_values_in('bernoulli_nll', 'targets', targets, 0.0, 1.0)
   return _sum_nonbatch(jax.nn.softplus(logits) - targets * logits)
 
 
@@ -130,15 +263,23 @@ def gaussian_nll(x: jax.Array, mean: jax.Array,
 
   Args:
     x: ``[B, ...]`` observations.
-    mean: ``[B, ...]`` means (broadcastable to ``x``).
-    log_var: ``[B, ...]`` log-variances (broadcastable to ``x``).
+    mean: ``[B, ...]`` means, broadcastable to ``x``: a scalar or ``x``'s rank
+      with each axis ``x``'s size or 1.
+    log_var: ``[B, ...]`` log-variances, broadcastable to ``x`` likewise.
 
   Returns:
     ``[B]`` negative log-density in nats, summed over non-batch axes.
 
+  Raises:
+    TypeError: if an argument is not floating-point.
+    ValueError: if ``mean`` or ``log_var`` does not broadcast to ``x``.
+
   References:
     Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. C.2.
   """
+  _check_dtypes('gaussian_nll', 'floating', x=x, mean=mean, log_var=log_var)
+  _check_shapes('gaussian_nll', ('x', x), broadcast=True, mean=mean,
+                log_var=log_var)
   x, mean, log_var = jnp.broadcast_arrays(x, mean, log_var)
   nll = 0.5 * (log_var + jnp.square(x - mean) * jnp.exp(-log_var))
   return _sum_nonbatch(nll + _HALF_LOG_2PI)
@@ -158,14 +299,20 @@ def gaussian_kl(mean: jax.Array, log_var: jax.Array) -> jax.Array:
 
   Args:
     mean: ``[B, ...]`` posterior means.
-    log_var: ``[B, ...]`` posterior log-variances.
+    log_var: ``[B, ...]`` posterior log-variances, the shape of ``mean``.
 
   Returns:
     ``[B]`` KL in nats, summed over the latent (non-batch) axes.
 
+  Raises:
+    TypeError: if either argument is not floating-point.
+    ValueError: if the shapes differ.
+
   References:
     Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. B.
   """
+  _check_dtypes('gaussian_kl', 'floating', mean=mean, log_var=log_var)
+  _check_shapes('gaussian_kl', ('mean', mean), log_var=log_var)
   kl = 0.5 * (jnp.exp(log_var) + jnp.square(mean) - 1.0 - log_var)
   return _sum_nonbatch(kl)
 
@@ -184,17 +331,28 @@ def gaussian_kl_between(mean_q: jax.Array, log_var_q: jax.Array,
 
   Args:
     mean_q: ``[B, ...]`` means of ``q``.
-    log_var_q: ``[B, ...]`` log-variances of ``q``.
-    mean_p: means of ``p``, broadcastable to ``mean_q``.
-    log_var_p: log-variances of ``p``, broadcastable to ``mean_q``.
+    log_var_q: ``[B, ...]`` log-variances of ``q``, the shape of ``mean_q``.
+    mean_p: means of ``p``, broadcastable to ``mean_q``: a scalar or
+      ``mean_q``'s rank with each axis ``mean_q``'s size or 1.
+    log_var_p: log-variances of ``p``, broadcastable to ``mean_q`` likewise.
 
   Returns:
     ``[B]`` KL in nats, summed over the non-batch axes.
+
+  Raises:
+    TypeError: if an argument is not floating-point.
+    ValueError: if ``log_var_q`` has another shape than ``mean_q``, or
+      ``mean_p`` or ``log_var_p`` does not broadcast to it.
 
   References:
     Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014, App. B;
     Kullback & Leibler, "On information and sufficiency", 1951.
   """
+  _check_dtypes('gaussian_kl_between', 'floating', mean_q=mean_q,
+                log_var_q=log_var_q, mean_p=mean_p, log_var_p=log_var_p)
+  _check_shapes('gaussian_kl_between', ('mean_q', mean_q), log_var_q=log_var_q)
+  _check_shapes('gaussian_kl_between', ('mean_q', mean_q), broadcast=True,
+                mean_p=mean_p, log_var_p=log_var_p)
   mean_q, log_var_q, mean_p, log_var_p = jnp.broadcast_arrays(
       mean_q, log_var_q, mean_p, log_var_p)
   kl = 0.5 * (log_var_p - log_var_q
@@ -213,15 +371,19 @@ def l1_sparsity(activations: jax.Array) -> jax.Array:
   r"""Per-example L1 activity penalty :math:`\sum_j |h_j|`.
 
   Args:
-    activations: ``[B, ...]`` hidden activations.
+    activations: ``[B, ...]`` floating-point hidden activations.
 
   Returns:
     ``[B]`` sum of absolute activations over the non-batch axes.
+
+  Raises:
+    TypeError: if ``activations`` is not floating-point.
 
   References:
     Goodfellow, Bengio & Courville, "Deep Learning", MIT Press 2016, Sec. 14.2.1
     (sparse autoencoders); Ng, "Sparse autoencoder", CS294A lecture notes 2011.
   """
+  _check_dtypes('l1_sparsity', 'floating', activations=activations)
   return _sum_nonbatch(jnp.abs(activations))
 
 
@@ -242,7 +404,8 @@ def kl_sparsity(activations_BxH: jax.Array, *, rho: float,
   stability ``rho_hat`` is clipped to ``[eps, 1 - eps]`` so that a dead or
   saturated unit gives a large finite penalty instead of ``inf``; where the
   clip is active the gradient with respect to that unit is zero. ``rho`` may be
-  0 or 1 (``0 log 0 = 0``).
+  0 or 1 (``0 log 0 = 0``). Concrete (eager) activations and ``rho`` are
+  checked to lie in ``[0, 1]``; under ``jax.jit`` only the dtype is.
 
   Args:
     activations_BxH: ``[B, ...]`` activations in ``(0, 1)``; all non-batch axes
@@ -253,9 +416,16 @@ def kl_sparsity(activations_BxH: jax.Array, *, rho: float,
   Returns:
     Scalar penalty in nats, summed over units.
 
+  Raises:
+    TypeError: if ``activations_BxH`` is not floating-point.
+    ValueError: if concrete activations or ``rho`` leave ``[0, 1]``.
+
   References:
     Ng, "Sparse autoencoder", CS294A lecture notes, Stanford 2011, Sec. 3.
   """
+  _check_dtypes('kl_sparsity', 'floating', activations_BxH=activations_BxH)
+  _check_values_in('kl_sparsity', 'activations_BxH', activations_BxH, 0.0, 1.0)
+  _check_values_in('kl_sparsity', 'rho', rho, 0.0, 1.0)
   rho_hat = jnp.mean(activations_BxH, axis=0)
   rho_hat = jnp.clip(rho_hat, eps, 1.0 - eps)
   xlogy = jax.scipy.special.xlogy
@@ -320,10 +490,15 @@ def contractive_penalty(
   Returns:
     ``[B]`` squared Frobenius norms of the per-example Jacobians.
 
+  Raises:
+    TypeError: if ``x_BxD`` is not floating-point.
+    ValueError: for an unknown ``mode``.
+
   References:
     Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
     Explicit Invariance During Feature Extraction", ICML 2011.
   """
+  _check_dtypes('contractive_penalty', 'floating', x_BxD=x_BxD)
   if mode == 'auto':
     code_size, input_size = _code_and_input_sizes(encode_fn, x_BxD)
     mode = 'jacrev' if code_size < input_size else 'jacfwd'
@@ -419,10 +594,24 @@ def contractive_penalty_dense_first(
     ``[B]`` squared Frobenius norms of the per-example Jacobians ``J_f(x_b)``;
     equal to :func:`contractive_penalty` of the composed encoder.
 
+  Raises:
+    TypeError: if ``u_BxH1`` or ``kernel_DxH1`` is not floating-point.
+    ValueError: if they are not 2-D with the same ``H1``, or for an unknown
+      ``mode``.
+
   References:
     Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
     Explicit Invariance During Feature Extraction", ICML 2011.
   """
+  fn = 'contractive_penalty_dense_first'
+  _check_dtypes(fn, 'floating', u_BxH1=u_BxH1, kernel_DxH1=kernel_DxH1)
+  if u_BxH1.ndim != 2 or kernel_DxH1.ndim != 2:
+    raise ValueError(f'{fn}: expected u_BxH1 [B, H1] and kernel_DxH1 [D, H1], '
+                     f'got shapes {u_BxH1.shape} and {kernel_DxH1.shape}.')
+  if u_BxH1.shape[1] != kernel_DxH1.shape[1]:
+    raise ValueError(f'{fn}: kernel_DxH1 has shape {kernel_DxH1.shape}; '
+                     f'expected [D, {u_BxH1.shape[1]}] to match u_BxH1 '
+                     f'{u_BxH1.shape}.')
   batch, width = u_BxH1.shape
   input_size = kernel_DxH1.shape[0]
   code_size, _ = _code_and_input_sizes(rest_fn, u_BxH1)
@@ -487,12 +676,17 @@ def contractive_penalty_estimate(
   Returns:
     ``[B]`` unbiased estimates of the squared Frobenius norms.
 
+  Raises:
+    TypeError: if ``x_BxD`` is not floating-point.
+    ValueError: if ``num_probes < 1`` or for an unknown ``mode``.
+
   References:
     Hutchinson, "A stochastic estimator of the trace of the influence matrix
     for Laplacian smoothing splines", Commun. Stat. Simul. Comput. 1989;
     Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
     Explicit Invariance During Feature Extraction", ICML 2011.
   """
+  _check_dtypes('contractive_penalty_estimate', 'floating', x_BxD=x_BxD)
   if num_probes < 1:
     raise ValueError(f'num_probes must be >= 1, got {num_probes}')
   encode_batch = jax.vmap(encode_fn)
@@ -538,10 +732,16 @@ def vq_codebook_loss(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
   Returns:
     ``[B]`` mean over non-batch axes.
 
+  Raises:
+    TypeError: if either argument is not floating-point.
+    ValueError: if the shapes differ.
+
   References:
     van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
     Learning", NeurIPS 2017, Eq. 3.
   """
+  _check_dtypes('vq_codebook_loss', 'floating', z_e=z_e, z_q=z_q)
+  _check_shapes('vq_codebook_loss', ('z_e', z_e), z_q=z_q)
   return _mean_nonbatch(jnp.square(jax.lax.stop_gradient(z_e) - z_q))
 
 
@@ -560,10 +760,16 @@ def vq_commitment_loss(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
   Returns:
     ``[B]`` mean over non-batch axes.
 
+  Raises:
+    TypeError: if either argument is not floating-point.
+    ValueError: if the shapes differ.
+
   References:
     van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation
     Learning", NeurIPS 2017, Eq. 3.
   """
+  _check_dtypes('vq_commitment_loss', 'floating', z_e=z_e, z_q=z_q)
+  _check_shapes('vq_commitment_loss', ('z_e', z_e), z_q=z_q)
   return _mean_nonbatch(jnp.square(z_e - jax.lax.stop_gradient(z_q)))
 
 
@@ -589,12 +795,16 @@ def ddpm_epsilon_loss(eps_pred: jax.Array, eps: jax.Array) -> jax.Array:
   Returns:
     ``[B]`` mean squared error over non-batch axes.
 
+  Raises:
+    TypeError: if either argument is not floating-point.
+    ValueError: if the shapes differ.
+
   References:
     Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS
     2020, Eq. 14.
   """
-  if eps_pred.shape != eps.shape:
-    raise ValueError(f'eps_pred shape {eps_pred.shape} != eps shape {eps.shape}.')
+  _check_dtypes('ddpm_epsilon_loss', 'floating', eps_pred=eps_pred, eps=eps)
+  _check_shapes('ddpm_epsilon_loss', ('eps', eps), eps_pred=eps_pred)
   return _mean_nonbatch(jnp.square(eps_pred - eps))
 
 
@@ -608,22 +818,41 @@ def token_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Arr
 
   .. math:: \ell_b = -\sum_t m_{bt} \log \operatorname{softmax}(s_{bt})_{y_{bt}}
 
+  An id outside ``[0, V)`` has no probability (the gather returns NaN, and
+  NaN times a zero mask is still NaN), so the ids are checked at every step,
+  padding included, when they are concrete (an eager call); under
+  ``jax.jit`` only dtypes and shapes are.
+
   Args:
-    logits: ``[B, T, V]`` unnormalised scores :math:`s` over the V tokens.
+    logits: ``[B, T, V]`` floating-point unnormalised scores :math:`s` over
+      the V tokens.
     targets: ``[B, T]`` integer token ids :math:`y` in ``[0, V)``.
-    mask: ``[B, T]`` 1 where step t has a target, 0 at padding.
+    mask: ``[B, T]`` 1 where step t has a target, 0 at padding (any numeric
+      or bool dtype).
 
   Returns:
     ``[B]`` NLL in nats, summed over the masked steps.
+
+  Raises:
+    TypeError: if ``logits`` is not floating-point or ``targets`` not
+      integer.
+    ValueError: if the shapes do not fit, or concrete ids leave ``[0, V)``.
 
   References:
     Bowman et al., "Generating sentences from a continuous space", CoNLL
     2016 (the sequence VAE's reconstruction term).
   """
-  if logits.ndim != 3 or targets.shape != logits.shape[:2] or mask.shape != targets.shape:
-    raise ValueError(
-        f'Expected logits [B, T, V], targets and mask [B, T]; got {logits.shape}, '
-        f'{targets.shape}, {mask.shape}.')
+  _check_dtypes('token_nll', 'floating', logits=logits)
+  _check_dtypes('token_nll', 'integer', targets=targets)
+  if logits.ndim != 3:
+    raise ValueError(f'token_nll: logits has shape {logits.shape}; expected '
+                     f'[B, T, V].')
+  # A shape-only stand-in: slicing the logits would add an op to the program.
+  steps = jax.ShapeDtypeStruct(logits.shape[:-1], logits.dtype)
+  _check_shapes('token_nll', ('logits[..., 0]', steps), targets=targets)
+  _check_shapes('token_nll', ('targets', targets), mask=mask)
+  _check_values_in('token_nll', 'targets', targets, 0, logits.shape[-1],
+                   high_open=True)
   log_p = jax.nn.log_softmax(logits, axis=-1)
   picked = jnp.take_along_axis(log_p, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   return -jnp.sum(picked * mask.astype(log_p.dtype), axis=1)
@@ -651,7 +880,16 @@ def kernel_matrix(x_NxZ: jax.Array, y_MxZ: jax.Array, *, kernel: str = 'imq',
   imq: k_σ(x, y) = C / (C + ‖x - y‖²) with C = 2·Z·σ², the inverse multiquadric
   of Tolstikhin et al. (WAE), whose heavy tails keep gradients alive for
   distant samples.
+
+  Raises:
+    TypeError: if a sample is not floating-point.
+    ValueError: for an unknown kernel or bandwidth <= 0, or samples that are
+      not ``[N, Z]`` and ``[M, Z]``.
   """
+  _check_dtypes('kernel_matrix', 'floating', x_NxZ=x_NxZ, y_MxZ=y_MxZ)
+  if x_NxZ.ndim != 2 or y_MxZ.ndim != 2 or x_NxZ.shape[1] != y_MxZ.shape[1]:
+    raise ValueError(f'kernel_matrix: expected samples [N, Z] and [M, Z] '
+                     f'(x_NxZ, y_MxZ), got {x_NxZ.shape} and {y_MxZ.shape}.')
   if kernel not in KERNELS:
     raise ValueError(f'Unknown kernel {kernel!r}; expected one of {KERNELS}.')
   bandwidths = tuple(bandwidths) if isinstance(bandwidths, Sequence) else (bandwidths,)
@@ -696,14 +934,21 @@ def mmd2(x_NxZ: jax.Array, y_MxZ: jax.Array, *, kernel: str = 'imq',
   Returns:
     Scalar MMD².
 
+  Raises:
+    TypeError: if a sample is not floating-point.
+    ValueError: for samples that are not ``[N, Z]`` and ``[M, Z]``, fewer than
+      2 samples of either with ``unbiased``, or weights that do not fit.
+
   References:
     Gretton, Borgwardt, Rasch, Schölkopf & Smola, "A Kernel Two-Sample Test",
     JMLR 13, 2012, https://jmlr.org/papers/v13/gretton12a.html.
     Tolstikhin, Bousquet, Gelly & Schölkopf, "Wasserstein Auto-Encoders",
     ICLR 2018, https://arxiv.org/abs/1711.01558 (IMQ kernel).
   """
+  _check_dtypes('mmd2', 'floating', x_NxZ=x_NxZ, y_MxZ=y_MxZ)
   if x_NxZ.ndim != 2 or y_MxZ.ndim != 2 or x_NxZ.shape[1] != y_MxZ.shape[1]:
-    raise ValueError(f'Expected samples [N, Z] and [M, Z], got {x_NxZ.shape} and {y_MxZ.shape}.')
+    raise ValueError(f'mmd2: expected samples [N, Z] and [M, Z] (x_NxZ, '
+                     f'y_MxZ), got {x_NxZ.shape} and {y_MxZ.shape}.')
   n, m = x_NxZ.shape[0], y_MxZ.shape[0]
   if unbiased and min(n, m) < 2:
     raise ValueError(f'The unbiased MMD needs at least 2 samples each, got {n} and {m}.')

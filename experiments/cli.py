@@ -1,4 +1,4 @@
-"""The command line shared by the application scripts.
+"""The command line shared by `python -m experiments.main` and the application scripts.
 
 Each script defines `run(config, workdir[, model_workdir])` and ends with
 
@@ -10,26 +10,263 @@ scripts into one process without absl's duplicate-flag error. A script that
 trains does so through `ae_jax.training`; on SIGTERM it saves a checkpoint
 and exits with status 75, like `python -m experiments.main`, and the same
 command resumes.
+
+Errors of the command line and of the config (a flag, a --config file or
+preset, an unknown --config.<field>, a value `ae_jax.training.validate`
+rejects, a resume whose config does not fit the checkpoints, a dataset not
+prepared) print one line, 'error: ...', to stderr and exit with status 2
+(`EXIT_USAGE`). Set AE_JAX_TRACEBACK=1 to see the traceback as well.
+`ConfigWarning`s print as one line, 'warning: ...'.
 """
 
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import signal
 import sys
-from collections.abc import Callable
+import traceback
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
+from ae_jax import data
 from ae_jax import training
 
-# sysexits.h EX_TEMPFAIL, as experiments/main.py: stopped cleanly, run it again.
+# sysexits.h EX_TEMPFAIL: stopped cleanly, run it again.
 EXIT_PREEMPTED = 75
+# A usage or config error (as argparse and most Unix tools): nothing ran.
+EXIT_USAGE = 2
+# The run failed (disk full, no restorable checkpoint, diverged); what was saved is kept.
+EXIT_FAILURE = 1
+# Set to 1 to print the traceback of a usage or config error before its line.
+TRACEBACK_ENV = 'AE_JAX_TRACEBACK'
+
+
+def show_traceback() -> bool:
+  return os.environ.get(TRACEBACK_ENV, '') not in ('', '0')
+
+
+def fail(message: str, error: BaseException | None = None) -> NoReturn:
+  """Prints 'error: <message>' as one line to stderr (after `error`'s traceback
+  with AE_JAX_TRACEBACK=1) and exits with `EXIT_USAGE`."""
+  if error is not None and show_traceback():
+    traceback.print_exception(error)
+  print(f'error: {" ".join(str(message).split())}', file=sys.stderr, flush=True)
+  sys.exit(EXIT_USAGE)
+
+
+def _innermost_message(error: BaseException) -> str:
+  """The message of the exception at the bottom of `error`'s chain, one line.
+
+  ml_collections wraps a config file's exception with its traceback in the
+  text; the last line of that text is the original `Type: message`.
+  """
+  if isinstance(error, flags.Error) and 'Traceback' not in str(error):
+    return str(error)  # 'flag --x=v: why', naming the flag.
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error.args[0]) if error.args and isinstance(error.args[0], str) else str(error)
+  if 'Traceback (most recent call last)' in text:
+    text = text.strip().splitlines()[-1].strip()
+  return text
+
+
+def _flag_values(argv: Sequence[str], name: str) -> Iterator[tuple[str, str | None]]:
+  """(flag, value) of every --name / --name.field in argv (value None if it is the next
+  argument that absl would take)."""
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == '--':
+      return
+    for prefix in (f'--{name}', f'-{name}'):
+      if arg == prefix or arg.startswith((f'{prefix}=', f'{prefix}.')):
+        flag, eq, value = arg.partition('=')
+        if not eq:
+          value = args[i + 1] if i + 1 < len(args) else None
+        yield flag.lstrip('-'), value
+        break
+
+
+def _load_config_file(spec: str) -> Any:
+  """`get_config(arg)` of the config file `FILE[:ARG]`, as config_flags loads it."""
+  path, colon, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no config file {path!r} (from {os.getcwd()})')
+  module_spec = importlib.util.spec_from_file_location('_ae_jax_cli_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if colon else module.get_config()
+
+
+def _leaf_paths(config: Any, prefix: str = '') -> list[str]:
+  paths = []
+  for key, value in config.items():
+    paths.append(f'{prefix}{key}')
+    if isinstance(value, ml_collections.ConfigDict):
+      paths += _leaf_paths(value, f'{prefix}{key}.')
+  return paths
+
+
+def unknown_field(config: Any, path: str) -> str | None:
+  """None if `path` ('loss.beta') is a field of `config`, else what to say about it:
+  the closest fields (difflib), or those of the deepest section that exists."""
+  node = config
+  for part in path.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      close = difflib.get_close_matches(path, _leaf_paths(config), n=3, cutoff=0.6)
+      if close:
+        return 'no such field; closest: ' + ', '.join(f'config.{c}' for c in close)
+      if isinstance(node, ml_collections.ConfigDict):
+        return f'no such field; the section has {", ".join(sorted(node.keys()))}'
+      return 'no such field (its parent is not a section)'
+    node = node[part]
+  return None
+
+
+def _describe_flag_error(error: BaseException, argv: Sequence[str], config_flag: str) -> str:
+  """One line saying which flag is wrong and why."""
+  specs = [(f, v) for f, v in _flag_values(argv, config_flag) if f == config_flag]
+  if specs and specs[-1][1] is not None:
+    spec = specs[-1][1]
+    try:
+      config = _load_config_file(spec)
+    except Exception as e:  # pylint: disable=broad-except
+      return f'--{config_flag}={spec}: {_innermost_message(e)}'
+    for flag, _ in _flag_values(argv, config_flag):
+      if flag != config_flag:
+        problem = unknown_field(config, flag[len(config_flag) + 1:])
+        if problem:
+          return f'--{flag}: {problem}'
+  return _innermost_message(error)
+
+
+def parse_flags(argv: list[str], *, config_flag: str = 'config') -> list[str]:
+  """absl's flag parsing (for `app.run(..., flags_parser=...)`), with one-line errors.
+
+  Also loads the --config file (ml_collections defers a missing file's error
+  to the first read), so that every usage error stops here with `fail`.
+  """
+  try:
+    rest = flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    fail(_describe_flag_error(e, argv, config_flag), e)
+  if config_flag in flags.FLAGS and flags.FLAGS[config_flag].value is not None:
+    try:
+      'recipe' in flags.FLAGS[config_flag].value  # pylint: disable=pointless-statement
+    except Exception as e:  # pylint: disable=broad-except
+      fail(_describe_flag_error(e, argv, config_flag), e)
+  return rest
+
+
+def show_config_warnings() -> None:
+  """Prints each `ConfigWarning` as one line, 'warning: <message>', to stderr."""
+  previous = warnings.showwarning
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, training.ConfigWarning):
+      print(f'warning: {message}', file=sys.stderr, flush=True)
+    else:
+      previous(message, category, filename, lineno, file, line)
+
+  warnings.showwarning = show
+
+
+def exit_on_early_sigterm() -> None:
+  """Until the training loop installs its SIGTERM handler (`ae_jax.training.fit`,
+  which restores this one when a stage ends), SIGTERM exits with status 75 at once:
+  nothing trained yet (or every finished stage is checkpointed), so the same
+  command starts or resumes the run. Not in a multi-process run, where JAX's
+  preemption service owns SIGTERM (`restore_default_sigterm`)."""
+
+  def on_sigterm(signum, frame):
+    del signum, frame
+    os.write(2, b'SIGTERM outside the training loop: nothing to save; run the same command '
+                b'again.\n')
+    sys.exit(EXIT_PREEMPTED)
+
+  signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def run_guarded(run: Callable[[], object]) -> None:
+  """Calls `run()`, turning the run's expected failures into one line and a status.
+
+  Preempted: its line on stdout, `EXIT_PREEMPTED`. A config that does not fit
+  the workdir's run or checkpoints, a dataset not prepared, a workdir held by
+  another run: `fail` (status 2, nothing trained). A failed write into the
+  workdir (disk full), no restorable checkpoint, a diverged loss: 'error: ...'
+  and status 1; after a failed write the process exits at once, so that the
+  checkpoint library's unfinished writes do not print at interpreter shutdown
+  (the checkpoints already written are complete).
+  """
+  try:
+    run()
+  except training.Preempted as preempted:
+    if jax.process_index() == 0:
+      print(preempted, flush=True)
+    sys.exit(EXIT_PREEMPTED)
+  except (training.ConfigMismatchError, training.CheckpointMismatchError,
+          training.WorkdirInUseError, data.DatasetNotFoundError) as e:
+    fail(str(e), e)
+  except (training.WorkdirWriteError, training.CheckpointError,
+          training.TrainingDivergedError) as e:
+    if show_traceback():
+      traceback.print_exception(e)
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr, flush=True)
+    if isinstance(e, training.WorkdirWriteError):
+      sys.stdout.flush()
+      os._exit(EXIT_FAILURE)  # pylint: disable=protected-access
+    sys.exit(EXIT_FAILURE)
+
+
+class _OneLineFromLibraries:
+  """A logging filter: records of the checkpoint library keep their first line only.
+
+  Orbax logs a failed asynchronous write with its whole traceback from its
+  own thread; the run then stops with its own one-line error, which says
+  what the traceback does (with AE_JAX_TRACEBACK=1 nothing is cut).
+  """
+
+  def filter(self, record) -> bool:
+    if f'{os.sep}orbax{os.sep}' in record.pathname and not show_traceback():
+      record.msg = str(record.getMessage()).splitlines()[0] if record.getMessage() else ''
+      record.args, record.exc_info, record.exc_text = (), None, None
+    return True
+
+
+def configure_logging() -> None:
+  """WARNING and above (orbax logs every save at INFO; the scripts print what
+  matters) unless --verbosity was given; library records on one line."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  logging.get_absl_handler().addFilter(_OneLineFromLibraries())
+
+
+def restore_default_sigterm() -> None:
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def validate_or_fail(config: ml_collections.ConfigDict) -> None:
+  """`ae_jax.training.validate(config)`; a config error ends the process (`fail`)."""
+  try:
+    training.validate(config)
+  except ValueError as e:
+    fail(str(e), e)
 
 
 def run_app(run: Callable[..., object], *, config_help: str,
             model_workdir_help: str | None = None) -> None:
   """Defines --config, --workdir (and --model_workdir), then calls `run` with them."""
+  exit_on_early_sigterm()
+  show_config_warnings()
   config = config_flags.DEFINE_config_file('config', None, config_help)
   workdir = flags.DEFINE_string('workdir', None, 'Directory for the run, metrics and figures.')
   model_workdir = None
@@ -39,16 +276,11 @@ def run_app(run: Callable[..., object], *, config_help: str,
 
   def main(argv):
     if len(argv) > 1:
-      raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    # Orbax logs every save at INFO; the scripts print what matters.
-    if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)
+      fail(f'unexpected arguments: {" ".join(argv[1:])}')
+    configure_logging()
+    if 'recipe' in config.value:
+      validate_or_fail(config.value)
     extra = () if model_workdir is None else (model_workdir.value,)
-    try:
-      run(config.value, workdir.value, *extra)
-    except training.Preempted as preempted:
-      if jax.process_index() == 0:
-        print(preempted, flush=True)
-      sys.exit(EXIT_PREEMPTED)
+    run_guarded(lambda: run(config.value, workdir.value, *extra))
 
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

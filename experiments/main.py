@@ -26,22 +26,44 @@ two CPU devices each on one machine:
 
 On SIGTERM (a preemption notice) the run saves a checkpoint at the next step
 all processes agree on and exits with status 75 (EX_TEMPFAIL: "try again");
-the same command then resumes. A finished run exits with 0.
+the same command then resumes. A SIGTERM before the training loop runs (while
+the data are read, say) or between stages exits with 75 at once, nothing being
+lost. A finished run exits with 0.
+
+The first start writes the config to <workdir>/config.json; a resume compares
+its config with it: a change the checkpoints survive (steps, logging and
+checkpoint frequency, rates, loss weights, batch sizes) prints one
+'warning: ...' line naming the fields, any other (recipe, model, training
+data, optimizer kind or schedule, seeds) is refused with status 2.
+
+A usage or config error prints one line, 'error: <what is wrong>', to stderr
+and exits with status 2 before anything trains: an unknown flag or field
+(--config.loss.betta names the closest fields), a missing config file or an
+unknown preset, a value the checks of `ae_jax.training.validate` reject
+(non-finite numbers, values out of range, fields without effect for the chosen
+data or recipe, batches larger than the data), a resume that does not fit, a
+dataset that is not prepared, a workdir another run holds (naming its PID and
+host). A failure during the run prints one 'error: ...' line and exits with
+status 1: a write into the workdir that failed (disk full: the checkpoints
+already written stay restorable), no checkpoint that restores, a loss that
+diverged. Set AE_JAX_TRACEBACK=1 to print the traceback too:
+
+  AE_JAX_TRACEBACK=1 python -m experiments.main --config=experiments/configs/vae.py:smoke \\
+      --config.optim.grad_clip_norm=-1 --workdir=/tmp/smoke
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
 from ae_jax import training
+from experiments import cli
 
 # sysexits.h EX_TEMPFAIL: the run stopped cleanly but is not finished; run it again.
-EXIT_PREEMPTED = 75
+EXIT_PREEMPTED = cli.EXIT_PREEMPTED
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:PRESET.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
@@ -62,6 +84,8 @@ def _maybe_initialize_distributed() -> None:
   if not (_DISTRIBUTED.value or any(v is not None for v in given)
           or os.environ.get('JAX_COORDINATOR_ADDRESS')):
     return
+  # JAX's preemption service (and the loop through it) owns SIGTERM here.
+  cli.restore_default_sigterm()
   jax.distributed.initialize(
       coordinator_address=_COORDINATOR_ADDRESS.value,
       num_processes=_NUM_PROCESSES.value,
@@ -70,18 +94,19 @@ def _maybe_initialize_distributed() -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Orbax logs every save at INFO; the progress bar and metrics say what matters.
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}')
+  cli.configure_logging()
   _maybe_initialize_distributed()
-  try:
-    training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except training.Preempted as preempted:
-    if jax.process_index() == 0:
-      print(preempted, flush=True)
-    sys.exit(EXIT_PREEMPTED)
+  cli.validate_or_fail(_CONFIG.value)
+  cli.run_guarded(lambda: training.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+
+
+def run() -> None:
+  """The command: SIGTERM exits with 75 until the loop runs, one-line errors, then `main`."""
+  cli.exit_on_early_sigterm()
+  cli.show_config_warnings()
+  app.run(main, flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  run()

@@ -316,6 +316,11 @@ def _parts(config):
 def validate(config) -> None:
   common.validate_sections(config)
   _parts(config)
+  if config.loss.get('prior', 'gaussian') == 'gaussian':
+    why = "only prior='mixture' reads it"
+    common.check_unused(config, {f'loss.{k}': why for k in (
+        'num_components', 'prior_radius', 'prior_radial_std', 'prior_tangential_std')},
+                        common.defaults_of(hyperparameters))
 
 
 def stages(config) -> tuple[str, ...]:

@@ -18,6 +18,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 from ae_jax import models
 from ae_jax import objectives
 from ae_jax.recipes import common
@@ -40,8 +42,30 @@ def _model_and_objective(config):
 
 
 def validate(config) -> None:
+  """The shared checks, the model and objective, and no loss field without effect.
+
+  An overcomplete code (latent_dim >= the pixels of an image) without a sparsity
+  penalty, noise or contraction only warns: it can learn the identity.
+  """
   common.validate_sections(config)
   _model_and_objective(config)
+  loss = config.loss
+  kind = loss.get('objective', 'autoencoder')
+  unused = {}
+  if kind == 'autoencoder' and not loss.get('kl_sparsity_weight', 0.0):
+    unused['loss.rho'] = ('only the KL sparsity penalty (config.loss.kl_sparsity_weight > 0) '
+                          'reads it')
+  if kind == 'contractive' and loss.get('mode', 'auto') != 'estimate':
+    unused['loss.num_probes'] = "only mode='estimate' reads it"
+  common.check_unused(config, unused, common.defaults_of(OBJECTIVES[kind]))
+  latent_dim = config.model.get('latent_dim')
+  plain = kind == 'autoencoder' and not loss.get('l1_weight') and not loss.get(
+      'kl_sparsity_weight')
+  info = common.split_info(config.data, config.data.train_split) if plain else None
+  if info is not None and latent_dim is not None and latent_dim >= math.prod(info[1]):
+    common.warn(f'config.model.latent_dim={latent_dim} >= the {math.prod(info[1])} values of an '
+                f'image of {config.data.name!r}: without a penalty (l1_weight, '
+                'kl_sparsity_weight) this autoencoder can learn the identity.')
 
 
 def stages(config) -> tuple[str, ...]:

@@ -3,12 +3,23 @@ stages and the standard figures.
 
 A recipe module reads its config through these helpers so that every family
 checks, batches and draws the same way; none of them knows a model class.
+
+`validate_sections` (every recipe's `validate` calls it first) runs
+`check_config`: every float finite, every field `RULES` names in range (one
+table of dotted-path patterns), no optimizer field the optimizer or schedule
+does not read, no image-data field without effect, no batch larger than the
+data; `ConfigWarning`s where the run only does less than the config suggests.
+A recipe adds the fields its objective ignores with `check_unused`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import inspect
+import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -63,61 +74,67 @@ def build_objective(factory: Callable[..., Any], model: nn.Module,
     raise ValueError(f'Bad config.loss settings: {e}') from e
 
 
+# What `build_optimizer` uses for a field its section leaves out; a field that
+# the optimizer or schedule does not read must keep this value (`check_config`).
+OPTIMIZER_DEFAULTS = dict(name='adam', learning_rate=1e-3, schedule='constant', warmup_steps=0,
+                          decay_steps=0, grad_clip_norm=0.0, weight_decay=1e-4, momentum=0.9)
+
+
 def build_optimizer(optim_config: Mapping[str, Any], *, field: str = 'optim'
                     ) -> optax.GradientTransformation:
   """An optax optimizer from a config section.
 
   `name` in {'adam', 'adamw', 'sgd'}, `learning_rate`, a linear warm-up then
   cosine decay when `schedule == 'cosine'` (`warmup_steps`, `decay_steps`), an
-  optional global-norm clip (`grad_clip_norm`), `weight_decay` (adamw) and
-  `momentum` (sgd). `field` names the section in error messages.
+  optional global-norm clip (`grad_clip_norm` > 0; 0 or None: no clipping),
+  `weight_decay` (adamw) and `momentum` (sgd). `field` names the section in
+  error messages.
+
+  Raises:
+    ValueError: a learning rate that is not finite and > 0, a negative or
+      non-finite clip norm, an unknown name or schedule.
   """
-  cfg = as_kwargs(optim_config)
-  lr = cfg.get('learning_rate', 1e-3)
-  if lr <= 0:
-    raise ValueError(f'config.{field}.learning_rate must be > 0, got {lr}.')
-  schedule = cfg.get('schedule', 'constant')
+  cfg = {**OPTIMIZER_DEFAULTS, **as_kwargs(optim_config)}
+  lr = cfg['learning_rate']
+  _check_value(f'{field}.learning_rate', lr, _POSITIVE)
+  schedule = cfg['schedule']
   if schedule == 'cosine':
     lr = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=lr, warmup_steps=cfg.get('warmup_steps', 0),
-        decay_steps=max(cfg['decay_steps'], cfg.get('warmup_steps', 0) + 1))
+        init_value=0.0, peak_value=lr, warmup_steps=cfg['warmup_steps'],
+        decay_steps=max(cfg['decay_steps'], cfg['warmup_steps'] + 1))
   elif schedule != 'constant':
     raise ValueError(f"config.{field}.schedule must be 'constant' or 'cosine', got {schedule!r}.")
-  name = cfg.get('name', 'adam')
+  name = cfg['name']
   if name == 'adam':
     tx = optax.adam(lr)
   elif name == 'adamw':
-    tx = optax.adamw(lr, weight_decay=cfg.get('weight_decay', 1e-4))
+    tx = optax.adamw(lr, weight_decay=cfg['weight_decay'])
   elif name == 'sgd':
-    tx = optax.sgd(lr, momentum=cfg.get('momentum', 0.9))
+    tx = optax.sgd(lr, momentum=cfg['momentum'])
   else:
     raise ValueError(f"config.{field}.name must be 'adam', 'adamw' or 'sgd', got {name!r}.")
-  clip = cfg.get('grad_clip_norm')
-  if clip:
+  clip = cfg['grad_clip_norm']
+  _check_value(f'{field}.grad_clip_norm', clip, _CLIP_NORM)
+  if clip:  # 0 and None: no clipping.
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx
 
 
-def validate_sections(config: ml_collections.ConfigDict) -> None:
-  """Checks the sections every run has (`data`, `train`, model sizes).
+def validate_sections(config: ml_collections.ConfigDict, *, image_data: bool = True) -> None:
+  """Checks the sections every run has (`check_config`) and the batches' split over devices.
+
+  Args:
+    config: the run's config.
+    image_data: `config.data` names an image dataset of `ae_jax.data`, whose
+      split sizes and fields are checked too (False for a recipe that serves
+      its own data: molecules, photo patches).
 
   Raises:
-    ValueError: naming the field and the value at fault.
+    ValueError: naming the field, the value and what is allowed.
   """
-  for field in ('latent_dim', 'num_codes', 'code_dim'):
-    value = config.model.get(field)
-    if value is not None and value <= 0:
-      raise ValueError(f'config.model.{field} must be > 0, got {value}.')
-  for section, field in (('data', 'batch_size'), ('data', 'eval_batch_size'),
-                         ('train', 'num_train_steps'), ('train', 'log_every_steps'),
-                         ('train', 'eval_every_steps'), ('train', 'checkpoint_every_steps'),
-                         ('train', 'num_eval_batches'), ('train', 'keep_checkpoints')):
-    value = config[section][field]
-    if value <= 0:
-      raise ValueError(f'config.{section}.{field} must be > 0, got {value}.')
+  check_config(config, image_data=image_data)
   for field in ('batch_size', 'eval_batch_size'):
     check_divisible(f'config.data.{field}', config.data[field])
-  build_optimizer(config.optim)
 
 
 def check_divisible(field: str, batch_size: int) -> None:
@@ -125,6 +142,370 @@ def check_divisible(field: str, batch_size: int) -> None:
   if batch_size % jax.device_count():
     raise ValueError(f'{field}={batch_size} is not divisible by the {jax.device_count()} '
                      'devices.')
+
+
+# ----------------------------------------------------------------------------
+# Config checks: every number finite and in range, no field without effect, no
+# degenerate size. `validate_sections` runs them before any recipe's own checks.
+
+
+class ConfigWarning(UserWarning):
+  """A config that trains, but likely not as meant (e.g. evaluating only at the end)."""
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+      value, (bool, np.bool_))
+
+
+# A rule: (what is allowed, as the message says it; is_ok(value)). An integer
+# rule also needs an int; `None` passes only where the text says so.
+Rule = tuple[str, Callable[[Any], bool], bool, bool]  # (text, ok, needs_int, none_ok)
+
+_POSITIVE_INT: Rule = ('> 0', lambda v: v > 0, True, False)
+_POSITIVE_INT_OR_NONE: Rule = ('> 0 (or None for all)', lambda v: v > 0, True, True)
+_NONNEGATIVE_INT: Rule = ('>= 0', lambda v: v >= 0, True, False)
+_POSITIVE: Rule = ('> 0', lambda v: v > 0, False, False)
+_NONNEGATIVE: Rule = ('>= 0', lambda v: v >= 0, False, False)
+_NONNEGATIVE_OR_NONE: Rule = ('>= 0 (or None for off)', lambda v: v >= 0, False, True)
+_PROBABILITY: Rule = ('in [0, 1]', lambda v: 0 <= v <= 1, False, False)
+_OPEN_UNIT: Rule = ('in (0, 1)', lambda v: 0 < v < 1, False, False)
+_DECAY: Rule = ('in [0, 1)', lambda v: 0 <= v < 1, False, False)
+_CLIP_NORM: Rule = ('> 0 (or 0/None for no clipping)', lambda v: v >= 0, False, True)
+
+# Dotted config paths (fnmatch patterns, the first match wins) -> the rule of
+# their values; a sequence's every element must pass. Fields no pattern
+# matches are only checked to be finite.
+RULES: tuple[tuple[str, Rule], ...] = (
+    # Steps, counts and sizes.
+    ('prior.num_train_steps', ('>= 0 (0: no prior)', lambda v: v >= 0, True, False)),
+    ('diffusion.latent.num_train_steps', ('>= 0 (0: no latent DDPM)', lambda v: v >= 0, True,
+                                          False)),
+    ('*num_train_steps', _POSITIVE_INT),
+    ('*_every_steps', _POSITIVE_INT),
+    ('*keep_checkpoints', _POSITIVE_INT),
+    ('train.num_eval_batches', _POSITIVE_INT_OR_NONE),
+    ('train.num_figure_examples', _POSITIVE_INT),
+    ('*batch_size', _POSITIVE_INT),
+    ('*warmup_steps', _NONNEGATIVE_INT),
+    ('*decay_steps', _NONNEGATIVE_INT),
+    ('*capacity_steps', _NONNEGATIVE_INT),
+    ('*seed', _NONNEGATIVE_INT),
+    ('*model_seeds', _NONNEGATIVE_INT),
+    ('data.num_train_molecules', _POSITIVE_INT_OR_NONE),
+    ('data.num_eval_molecules', _POSITIVE_INT_OR_NONE),
+    ('model.num_classes', _NONNEGATIVE_INT),
+    ('model.latent_dim', _POSITIVE_INT),
+    ('model.latent_dims', _POSITIVE_INT),
+    ('model.num_codes', _POSITIVE_INT),
+    ('model.code_dim', _POSITIVE_INT),
+    ('model.input_dim', _POSITIVE_INT),
+    ('*hidden', _POSITIVE_INT),
+    ('*channels', _POSITIVE_INT),
+    ('*embed_dim', _POSITIVE_INT),
+    # num_samples, num_layers, num_timesteps, num_probes, ... (an application's own
+    # section may give 0 a meaning: its script checks it).
+    ('model.num_*', _POSITIVE_INT),
+    ('loss.num_*', _POSITIVE_INT),
+    ('data.num_*', _POSITIVE_INT),
+    ('prior.num_*', _POSITIVE_INT),
+    ('diffusion.*num_*', _POSITIVE_INT),
+    ('molecules.*', _POSITIVE),
+    ('*_size', _POSITIVE_INT),  # kernel_size, patch_size, vocab_size
+    ('*max_length', _POSITIVE_INT),
+    ('model.levels', _POSITIVE_INT),
+    ('model.features', _POSITIVE_INT),
+    ('model.layers_per_block', _POSITIVE_INT),
+    # Rates, weights and probabilities.
+    ('*learning_rate', _POSITIVE),
+    ('*grad_clip_norm', _CLIP_NORM),
+    ('*weight_decay', _NONNEGATIVE),
+    ('*momentum', _DECAY),
+    ('model.decay', _DECAY),
+    ('model.epsilon', _POSITIVE),
+    ('model.min_variance', _NONNEGATIVE),
+    ('loss.capacity_max', _NONNEGATIVE_OR_NONE),
+    ('loss.rho', _OPEN_UNIT),
+    ('loss.noise_level', _PROBABILITY),
+    ('loss.prior_radial_std', _POSITIVE),
+    ('loss.prior_tangential_std', _POSITIVE),
+    ('loss.mmd_bandwidths', _POSITIVE),
+    ('loss.*', _NONNEGATIVE),  # β, γ, α, KL and penalty weights, free bits, σ, thresholds.
+    ('*temperature', _POSITIVE),
+    ('*temperatures', _POSITIVE),
+    ('*fraction', _OPEN_UNIT),
+    ('*traversal_range', _POSITIVE),
+)
+
+
+def _flat(section: Mapping[str, Any], prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """(dotted path, value) of every leaf of a (nested) config section."""
+  for key, value in section.items():
+    path = f'{prefix}{key}'
+    if isinstance(value, Mapping) or hasattr(value, 'items'):
+      yield from _flat(value, f'{path}.')
+    else:
+      yield path, value
+
+
+def _leaves(value: Any) -> list[Any]:
+  if isinstance(value, (list, tuple)):
+    return [leaf for item in value for leaf in _leaves(item)]
+  return [value]
+
+
+def _check_value(path: str, value: Any, rule: Rule) -> None:
+  """Raises ValueError unless `value` (every element of a sequence) passes `rule`."""
+  text, ok, needs_int, none_ok = rule
+  if value is None:
+    if none_ok:
+      return
+    raise ValueError(f'config.{path} must be {text}, got None.')
+  for leaf in _leaves(value):
+    if needs_int and not _is_int(leaf):
+      raise ValueError(f'config.{path} must be an integer {text}, got {value!r}.')
+    if not _is_number(leaf):
+      raise ValueError(f'config.{path} must be a number {text}, got {value!r}.')
+    if not math.isfinite(leaf):
+      raise ValueError(f'config.{path} must be finite, got {value!r}.')
+    if not ok(leaf):
+      raise ValueError(f'config.{path} must be {text}, got {value!r}.')
+
+
+def _rule(path: str) -> Rule | None:
+  for pattern, rule in RULES:
+    if fnmatch.fnmatchcase(path, pattern):
+      return rule
+  return None
+
+
+def check_numbers(config: Mapping[str, Any]) -> None:
+  """Every float of `config` is finite and every field a `RULES` pattern names is in range.
+
+  Only numbers (and sequences of numbers) are checked against the rules, and
+  booleans against the integer ones; strings and None are the recipes' to check.
+
+  Raises:
+    ValueError: 'config.<field> must be <allowed>, got <value>.'
+  """
+  for path, value in _flat(config):
+    leaves = _leaves(value)
+    for leaf in leaves:
+      if isinstance(leaf, (float, np.floating)) and not math.isfinite(leaf):
+        raise ValueError(f'config.{path} must be finite, got {value!r}.')
+    rule = _rule(path)
+    # A count given as a bool is wrong; other non-numbers are the recipes' to check.
+    checked = (lambda x: _is_number(x) or x is None or isinstance(x, (bool, np.bool_))
+               ) if rule is not None and rule[2] else (lambda x: _is_number(x) or x is None)
+    if rule is None or not leaves or not all(checked(x) for x in leaves):
+      continue
+    _check_value(path, value, rule)
+
+
+def defaults_of(fn: Callable[..., Any]) -> dict[str, Any]:
+  """The keyword defaults of `fn` (an objective factory, a module class)."""
+  return {name: p.default for name, p in inspect.signature(fn).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+
+
+def _same(a: Any, b: Any) -> bool:
+  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+  return a == b
+
+
+def check_unused(config: ml_collections.ConfigDict, unused: Mapping[str, str],
+                 defaults: Mapping[str, Any]) -> None:
+  """Rejects a field that has no effect on this run unless it keeps its default.
+
+  Args:
+    config: the run's config.
+    unused: dotted field ('loss.gamma') -> why nothing reads it here.
+    defaults: field name -> the value it may keep (absent: any value is wrong).
+
+  Raises:
+    ValueError: 'config.<field>=<value> has no effect: <why>; ...'.
+  """
+  for path, why in unused.items():
+    section, _, name = path.rpartition('.')
+    node = config
+    for part in filter(None, section.split('.')):
+      node = node.get(part) if hasattr(node, 'get') else None
+    if node is None or name not in node:
+      continue
+    value = node[name]
+    if name in defaults and _same(value, defaults[name]):
+      continue
+    keep = f'leave it at {defaults[name]!r}' if name in defaults else 'leave it out'
+    raise ValueError(f'config.{path}={value!r} has no effect: {why}; {keep}.')
+
+
+def warn(message: str) -> None:
+  """A `ConfigWarning` (the launcher prints it as one 'warning: ...' line)."""
+  warnings.warn(message, ConfigWarning, stacklevel=3)
+
+
+def _optimizer_sections(config: Mapping[str, Any]) -> list[str]:
+  return [name for name in config if name == 'optim' or name.endswith('_optim')]
+
+
+def check_optimizer(config: ml_collections.ConfigDict, field: str = 'optim') -> None:
+  """`build_optimizer`'s checks, and no field the optimizer or schedule does not read.
+
+  Raises:
+    ValueError: naming the field, the value and what is allowed.
+  """
+  section = config[field]
+  build_optimizer(section, field=field)
+  cfg = {**OPTIMIZER_DEFAULTS, **as_kwargs(section)}
+  name, schedule = cfg['name'], cfg['schedule']
+  defaults = {k: OPTIMIZER_DEFAULTS[k] for k in ('weight_decay', 'momentum')}
+  unused = {}
+  if name != 'adamw':
+    unused[f'{field}.weight_decay'] = (f"only config.{field}.name='adamw' reads it, the name is "
+                                       f'{name!r}')
+  if name != 'sgd':
+    unused[f'{field}.momentum'] = f"only config.{field}.name='sgd' reads it, the name is {name!r}"
+  check_unused(config, unused, defaults)
+  if schedule == 'cosine':
+    if cfg['decay_steps'] <= 0 or cfg['decay_steps'] < cfg['warmup_steps']:
+      raise ValueError(
+          f"config.{field}.decay_steps must be > 0 and >= config.{field}.warmup_steps="
+          f"{cfg['warmup_steps']} with schedule='cosine' (the rate reaches 0 at decay_steps), "
+          f"got {cfg['decay_steps']}.")
+  else:
+    # A warning, not an error: shipped configs tie decay_steps to num_train_steps,
+    # and --config.optim.schedule=constant should not need two more flags.
+    ignored = [f'{k}={cfg[k]}' for k in ('warmup_steps', 'decay_steps') if cfg[k]]
+    if ignored:
+      warn(f"config.{field}: {', '.join(ignored)} have no effect with schedule={schedule!r}.")
+  steps = config.train.num_train_steps
+  if schedule == 'cosine' and cfg['warmup_steps'] > steps:
+    warn(f"config.{field}.warmup_steps={cfg['warmup_steps']} > config.train.num_train_steps="
+         f'{steps}: the learning rate never reaches its peak.')
+
+
+# Datasets whose images are 0/1 already: `data.binarize` changes nothing.
+BINARY_DATASETS = ('binarized_mnist', 'shapes')
+
+
+def check_dataset_name(name: Any) -> None:
+  """Raises ValueError unless `name` is a dataset of `ae_jax.data` ('tfds:<name>' included)."""
+  if not isinstance(name, str) or not (name in data_lib.known_datasets()
+                                       or name.startswith(data_lib.sources.TFDS_PREFIX)):
+    raise ValueError(f'config.data.name={name!r} is not a dataset of ae_jax.data; expected one '
+                     f"of {list(data_lib.known_datasets())} or 'tfds:<name>'.")
+
+
+def split_info(data_config: Mapping[str, Any], split: str) -> tuple[int, tuple[int, ...]] | None:
+  """(number of examples, [H, W, C]) of `split`, or None where that is not known
+  without reading the data (a TFDS dataset not prepared: loading it says how).
+
+  Raises:
+    ValueError: an in-memory dataset without such a split, an unknown dataset.
+  """
+  name = data_config['name']
+  check_dataset_name(name)
+  if name in data_lib.IN_MEMORY_DATASETS:
+    source = data_lib.open_source(name, split)
+    return len(source), tuple(source.element_shape)
+  tfds_name = name.removeprefix(data_lib.sources.TFDS_PREFIX)
+  data_dir = os.path.expanduser(data_config.get('data_dir') or data_lib.default_data_dir())
+  if not os.path.isdir(os.path.join(data_dir, tfds_name)):
+    return None
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    info = tfds.builder(tfds_name, data_dir=data_dir).info
+    return info.splits[split].num_examples, tuple(info.features['image'].shape)
+  except Exception:  # pylint: disable=broad-except
+    return None  # Opening the source reports what is wrong, with the fix.
+
+
+def check_image_data(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+  """The image fields of `config.data` against the dataset's splits; returns [H, W, C]
+  (None where unknown before the data is read).
+
+  Raises:
+    ValueError: a field without effect for this dataset, a batch larger than
+      the train split, more eval batches or figure examples than the eval split has.
+  """
+  data, train = config.data, config.train
+  name = data.name
+  if data.get('binarize') and name in BINARY_DATASETS:
+    raise ValueError(f'config.data.binarize=True has no effect: the images of {name!r} are '
+                     '0/1 already; leave it at False.')
+  if data.get('data_dir') is not None and name in data_lib.IN_MEMORY_DATASETS:
+    raise ValueError(f'config.data.data_dir={data.data_dir!r} has no effect: {name!r} is built '
+                     'in (data_dir is where TFDS datasets are read); leave it at None.')
+  check_dataset_name(name)
+  infos = {}
+  for field in ('train_split', 'eval_split'):
+    try:
+      infos[field] = split_info(data, data[field])
+    except ValueError as e:
+      raise ValueError(f'config.data.{field}={data[field]!r}: {e}') from None
+  train_info, eval_info = infos['train_split'], infos['eval_split']
+  if train_info is not None and data.batch_size > train_info[0]:
+    raise ValueError(f'config.data.batch_size={data.batch_size} is larger than the '
+                     f'{train_info[0]} examples of the {data.train_split!r} split of {name!r}; '
+                     f'it must be at most {train_info[0]}.')
+  if eval_info is not None:
+    num_eval = eval_info[0]
+    available = math.ceil(num_eval / data.eval_batch_size)
+    if train.get('num_eval_batches') is not None and train.num_eval_batches > available:
+      raise ValueError(
+          f'config.train.num_eval_batches={train.num_eval_batches} is more than the {available} '
+          f'batch(es) of config.data.eval_batch_size={data.eval_batch_size} that the '
+          f'{num_eval} examples of the {data.eval_split!r} split of {name!r} make; it must be '
+          f'at most {available}.')
+    if train.get('num_figure_examples', 0) > num_eval:
+      raise ValueError(f'config.train.num_figure_examples={train.num_figure_examples} is more '
+                       f'than the {num_eval} examples of the {data.eval_split!r} split of '
+                       f'{name!r}; it must be at most {num_eval}.')
+    if data.eval_batch_size > num_eval:
+      warn(f'config.data.eval_batch_size={data.eval_batch_size} is larger than the {num_eval} '
+           f'examples of the {data.eval_split!r} split: each evaluation is one padded batch.')
+  info = train_info or eval_info
+  return None if info is None else info[1]
+
+
+def check_schedule(config: ml_collections.ConfigDict) -> None:
+  """Warns where `config.train` logs, evaluates or checkpoints only at the last step."""
+  train = config.train
+  for field in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
+    if train[field] > train.num_train_steps:
+      warn(f'config.train.{field}={train[field]} > config.train.num_train_steps='
+           f'{train.num_train_steps}: only at the last step.')
+  warmup = config.loss.get('warmup_steps') if 'loss' in config else None
+  if _is_int(warmup) and warmup > train.num_train_steps:
+    warn(f'config.loss.warmup_steps={warmup} > config.train.num_train_steps='
+         f'{train.num_train_steps}: the KL weight never reaches config.loss.beta.')
+
+
+def check_config(config: ml_collections.ConfigDict, *, image_data: bool = True) -> None:
+  """The checks every recipe shares, in order: numbers (`check_numbers`), optimizers
+  (`check_optimizer`), the loss's output activation, the image data
+  (`check_image_data`, if `image_data`); then `check_schedule`'s warnings.
+
+  Raises:
+    ValueError: naming the field, the value and what is allowed.
+  """
+  check_numbers(config)
+  for field in _optimizer_sections(config):
+    check_optimizer(config, field)
+  loss = config.get('loss') or {}
+  if loss.get('reconstruction') == 'bernoulli' and loss.get('output_activation',
+                                                           'sigmoid') != 'sigmoid':
+    raise ValueError(f"config.loss.output_activation={loss['output_activation']!r} has no "
+                     "effect: reconstruction='bernoulli' reads the logits (and the figures "
+                     "would draw them raw); leave it at 'sigmoid'.")
+  if image_data:
+    check_image_data(config)
+  check_schedule(config)
 
 
 def schedule(config: ml_collections.ConfigDict) -> Schedule:

@@ -113,7 +113,7 @@ def _model_and_objective(config):
 
 
 def validate(config) -> None:
-  common.validate_sections(config)
+  common.validate_sections(config, image_data=config.data.name != PHOTOS)
   if config.data.name == PHOTOS:
     for field in ('train_split', 'eval_split'):
       if config.data[field] not in _PHOTO_SPLITS:

@@ -36,6 +36,9 @@ def _model_and_objective(config):
 def validate(config) -> None:
   common.validate_sections(config)
   _model_and_objective(config)
+  if config.loss.get('objective', 'elbo') == 'iwae':
+    common.check_unused(config, {'loss.active_threshold': "objective='iwae' does not read it"},
+                        common.defaults_of(objectives.make_ladder_vae_objective))
 
 
 def stages(config) -> tuple[str, ...]:

@@ -69,6 +69,21 @@ def _check_data(config) -> None:
     if value is not None and value <= 0:
       raise ValueError(f'config.data.{field} must be > 0 (or None for the whole split), '
                        f'got {value}.')
+  if data.get('data_dir') is not None:
+    raise ValueError(f'config.data.data_dir={data.data_dir!r} has no effect: the MOSES splits '
+                     'come with the molsets package; leave it at None.')
+  if data.get('num_train_molecules') is not None and data.batch_size > data.num_train_molecules:
+    raise ValueError(f'config.data.batch_size={data.batch_size} is larger than '
+                     f'config.data.num_train_molecules={data.num_train_molecules}; it must be at '
+                     'most that.')
+  num_eval, num_batches = data.get('num_eval_molecules'), config.train.get('num_eval_batches')
+  if num_eval is not None and num_batches is not None:
+    available = -(-num_eval // data.eval_batch_size)
+    if num_batches > available:
+      raise ValueError(
+          f'config.train.num_eval_batches={num_batches} is more than the {available} batch(es) '
+          f'of config.data.eval_batch_size={data.eval_batch_size} that '
+          f'config.data.num_eval_molecules={num_eval} make; it must be at most {available}.')
   tok = molecule_data.tokenizer_from_config(data)
   if config.model.get('vocab_size') != tok.vocab_size:
     raise ValueError(
@@ -82,7 +97,7 @@ def _check_data(config) -> None:
 
 
 def validate(config) -> None:
-  common.validate_sections(config)
+  common.validate_sections(config, image_data=False)
   _check_data(config)
   _model_and_objective(config)
 

@@ -59,6 +59,9 @@ def _model_and_objective(config):
 def validate(config) -> None:
   common.validate_sections(config)
   _model_and_objective(config)
+  if config.loss.get('objective', 'vae') == 'vae':
+    common.check_unused(config, vae.unused_loss_fields(config.loss),
+                        common.defaults_of(objectives.make_vae_objective))
 
 
 def stages(config) -> tuple[str, ...]:

@@ -28,9 +28,23 @@ def _model_and_objective(config):
   return model, common.build_objective(objectives.make_vae_objective, model, config.loss)
 
 
+def unused_loss_fields(loss) -> dict[str, str]:
+  """The `loss` fields `objectives.make_vae_objective` does not read with these settings."""
+  if loss.get('objective', 'elbo') == 'iwae':
+    why = "objective='iwae' does not read it"
+    return {'loss.gamma': why, 'loss.capacity_steps': why}
+  if loss.get('capacity_max') is None:
+    why = 'only the capacity objective (config.loss.capacity_max set) reads it'
+    return {'loss.gamma': why, 'loss.capacity_steps': why}
+  why = 'the capacity objective (config.loss.capacity_max set) replaces the β term'
+  return {'loss.beta': why, 'loss.warmup_steps': why}
+
+
 def validate(config) -> None:
   common.validate_sections(config)
   _model_and_objective(config)
+  common.check_unused(config, unused_loss_fields(config.loss),
+                      common.defaults_of(objectives.make_vae_objective))
 
 
 def stages(config) -> tuple[str, ...]:

@@ -120,6 +120,11 @@ def _validate_prior(config) -> None:
 
 def validate(config) -> None:
   common.validate_sections(config)
+  if not config.model.get('ema', False):
+    why = 'only the EMA codebook (config.model.ema=True) reads it'
+    common.check_unused(config, {'model.decay': why, 'model.epsilon': why},
+                        {k: models.VQVAE.__dataclass_fields__[k].default
+                         for k in ('decay', 'epsilon')})
   _model_and_objective(config)
   if 'prior' in config:
     if config.prior.num_train_steps < 0:

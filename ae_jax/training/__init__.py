@@ -10,21 +10,28 @@
 `restore(config, workdir)` gives the trained stages back without training.
 """
 
+from ae_jax.recipes.common import ConfigWarning
 from ae_jax.training import checkpoint
+from ae_jax.training.checkpoint import CheckpointError
+from ae_jax.training.checkpoint import CheckpointMismatchError
 from ae_jax.training import faults
 from ae_jax.training.loop import check_finite
 from ae_jax.training.loop import drop_records_after
 from ae_jax.training.loop import fit
 from ae_jax.training.loop import Preempted
 from ae_jax.training.loop import TrainingDivergedError
+from ae_jax.training.run import ConfigMismatchError
 from ae_jax.training.run import restore
 from ae_jax.training.run import restore_variables
 from ae_jax.training.run import train_and_evaluate
 from ae_jax.training.run import train_or_restore
 from ae_jax.training.run import validate
+from ae_jax.training.workdir import WorkdirInUseError
+from ae_jax.training.workdir import WorkdirWriteError
 
 __all__ = [
-    'checkpoint', 'check_finite', 'drop_records_after', 'faults', 'fit', 'Preempted',
+    'checkpoint', 'CheckpointError', 'CheckpointMismatchError', 'check_finite',
+    'ConfigMismatchError', 'ConfigWarning', 'drop_records_after', 'faults', 'fit', 'Preempted',
     'restore', 'restore_variables', 'train_and_evaluate', 'train_or_restore',
-    'TrainingDivergedError', 'validate',
+    'TrainingDivergedError', 'validate', 'WorkdirInUseError', 'WorkdirWriteError',
 ]

@@ -48,6 +48,7 @@ chosen step, from the `AE_JAX_FAULT` environment variable or `faults=`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -67,6 +68,7 @@ from ae_jax.recipes.base import Trained
 from ae_jax.training import checkpoint
 from ae_jax.training import faults as faults_lib
 from ae_jax.training import prefetch
+from ae_jax.training import workdir as workdir_lib
 
 PREFETCH_BATCHES = 2
 """Placed train batches the loop's data thread keeps ready ahead of the step."""
@@ -110,14 +112,19 @@ def check_finite(step: int, metrics: Mapping[str, float], *, split: str = 'train
 
 def drop_records_after(path: str, step: int) -> list[dict[str, Any]]:
   """Forgets the records after `step` in the JSON-lines file `path` (a resumed run
-  repeats those steps) and returns the records kept (none if no file)."""
+  repeats those steps) and returns the records kept (none if no file).
+
+  A torn last line is dropped with a warning; the file is replaced atomically.
+  """
   if not os.path.exists(path):
     return []
+  records = workdir_lib.read_records(path)
+  kept = [r for r in records if r['step'] <= step]
   with open(path) as f:
-    kept = [line for line in f if json.loads(line)['step'] <= step]
-  with open(path, 'w') as f:
-    f.writelines(kept)
-  return [json.loads(line) for line in kept]
+    unchanged = f.read() == ''.join(json.dumps(r) + '\n' for r in kept)
+  if not unchanged:
+    workdir_lib.write_records(path, kept)
+  return kept
 
 
 class _MetricWriter:
@@ -126,20 +133,29 @@ class _MetricWriter:
   def __init__(self, workdir: str, enabled: bool, start_step: int):
     self.enabled = enabled
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.kept: list[dict[str, Any]] = []  # The records of the steps up to start_step.
     self._tb = None
     if enabled:
-      drop_records_after(self.path, start_step)
+      self.kept = drop_records_after(self.path, start_step)
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def has(self, step: int, split: str) -> bool:
+    """Whether a record of `split` at `step` was kept from an earlier run."""
+    return any(r['step'] == step and r.get('split') == split for r in self.kept)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
-    for name, value in metrics.items():
-      self._tb.add_scalar(f'{split}/{name}', value, step)
-    self._tb.flush()
+    try:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'step': step, 'split': split, **metrics}) + '\n')
+        f.flush()
+      for name, value in metrics.items():
+        self._tb.add_scalar(f'{split}/{name}', value, step)
+      self._tb.flush()
+    except OSError as e:
+      raise workdir_lib.as_write_error(e, self.path) from e
 
   def close(self) -> None:
     if self._tb is not None:
@@ -249,7 +265,20 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
     Preempted: after saving a checkpoint, when a SIGTERM arrived while training.
     TrainingDivergedError: a train or eval metric became NaN or Inf.
   """
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise workdir_lib.as_write_error(e, workdir) from e
+  # Only process 0 holds the lock: every process of one run shares the workdir.
+  is_main = jax.process_index() == 0
+  with workdir_lib.lock(workdir) if is_main else contextlib.nullcontext():
+    return _fit(stage, workdir, handle_preemption=handle_preemption, faults=faults,
+                num_devices=num_devices)
+
+
+def _fit(stage: Stage, workdir: str, *, handle_preemption: bool, faults: str | None,
+         num_devices: int | None) -> Trained:
+  """`fit` in a workdir this process holds."""
   schedule = stage.schedule
   num_steps = schedule.num_train_steps
   is_main = jax.process_index() == 0
@@ -264,7 +293,16 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
   if mngr.latest_step() is not None:
     # The target carries this run's shardings: a checkpoint written on any
     # number of devices restores onto the current ones.
-    state = checkpoint.restore(mngr, state)
+    if jax.process_count() > 1:  # Every process restores the same step, or none.
+      state = checkpoint.restore(mngr, state)
+    else:
+      state, _, broken = checkpoint.restore_newest(
+          mngr, state, warn=lambda line: print(f'{stage.name}: warning: {line}', flush=True))
+      if broken:
+        moved = checkpoint.set_aside(mngr, broken)
+        print(f'{stage.name}: warning: resuming from the checkpoint at step '
+              f'{int(state.step)} instead; moved the damaged ones to '
+              f'{os.path.dirname(moved[0])}.', flush=True)
     if is_main and int(state.step) < num_steps:
       print(f'{stage.name}: resumed from {workdir}/checkpoints at step {int(state.step)}.',
             flush=True)
@@ -284,6 +322,21 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
     if write:
       writer.write(step, 'eval', metrics)
     return metrics
+
+  @contextlib.contextmanager
+  def saving():
+    """Raises a failed checkpoint write (now or an earlier async one) as `WorkdirWriteError`."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      raise workdir_lib.as_write_error(e, checkpoint.directory(workdir)) from e
+
+  # A kill between a checkpoint and its evaluation loses that eval record: an
+  # evaluation due at the resumed step is run again (written if it is missing).
+  if 0 < start_step < num_steps and start_step % schedule.eval_every_steps == 0:
+    missing = not writer.has(start_step, 'eval')
+    if missing or jax.process_count() > 1:  # Evaluation is collective: all or none.
+      evaluate(start_step, write=missing)
 
   progress = None
   if start_step < num_steps and schedule.progress_bar and is_main:
@@ -330,12 +383,15 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
           # landed, so where a rerun resumes does not hang on disk speed.
           mngr.wait_until_finished()
           faults_lib.signal_self(kind)
+      with saving():  # An asynchronous save that failed stops the run at the next step.
+        mngr.check_for_errors()
       preempt = preemption.reached(step)
       if step % schedule.checkpoint_every_steps == 0 or step == num_steps or preempt:
         if pending is not None:
           finish_step(*pending)
           pending = None
-        checkpoint.save(mngr, step, state, force=preempt)
+        with saving():
+          checkpoint.save(mngr, step, state, force=preempt)
       if preempt:
         preempted_at = step
         break
@@ -346,10 +402,15 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
               f'{k}={v:.4g}' for k, v in sorted(eval_metrics.items())))
     if pending is not None:
       finish_step(*pending)
+    with saving():
+      mngr.wait_until_finished()
   finally:
     if train_batches is not None:
       train_batches.close()
-    mngr.wait_until_finished()
+    try:
+      mngr.wait_until_finished()
+    except Exception:  # pylint: disable=broad-exception-caught
+      pass  # Raised above on the normal path; on an error path, the first error counts.
     mngr.close()
     # After the last save has landed: a SIGTERM until then is absorbed.
     preemption.close()
@@ -358,8 +419,8 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
   if preempted_at is not None:
     writer.close()
     raise Preempted(preempted_at, os.path.join(os.path.abspath(workdir), 'checkpoints'))
-  if not eval_metrics:  # A finished stage, restored: its records are already written.
-    eval_metrics = evaluate(num_steps, write=False)
+  if not eval_metrics:  # A finished stage, restored: its record is written unless lost.
+    eval_metrics = evaluate(num_steps, write=not writer.has(num_steps, 'eval'))
   writer.close()
   return Trained(stage=stage, state=jax.device_get(state), metrics=eval_metrics,
                  workdir=workdir, eval_key=eval_key)

@@ -79,6 +79,7 @@ def get_config(arg=None):
     config.data.name = 'moses'
     config.data.num_train_molecules = 2_000_000  # More than MOSES train has: all of it.
     config.data.eval_batch_size = 1000
+    config.train.num_eval_batches = 2  # All 2,000 eval molecules.
     config.model.update(encoder_hidden=512, decoder_hidden=512, latent_dim=128)
     config.loss.warmup_steps = 20_000
     config.molecules.num_samples = 30_000
