@@ -16,6 +16,7 @@ two-stage run resumes the second stage where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -30,6 +31,7 @@ from ae_jax import recipes
 from ae_jax.recipes import common
 from ae_jax.recipes.base import Trained
 from ae_jax.training import checkpoint
+from ae_jax.training import workdir as workdir_lib
 from ae_jax.training.loop import fit
 
 
@@ -71,23 +73,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       in `workdir` depend on (a ValueError too).
     Preempted: a SIGTERM arrived; the stage in flight saved a checkpoint.
     TrainingDivergedError: a metric became NaN or Inf.
+    WorkdirInUseError: another run holds `workdir` (nothing was touched).
   """
   recipe = validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  check_resume(config, workdir, recipe.stages(config))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise workdir_lib.as_write_error(e, workdir) from e
   is_main = jax.process_index() == 0
-  if is_main:
-    print(f'Devices: {jax.device_count()} x {jax.devices()[0].platform} in '
-          f'{jax.process_count()} process(es); recipe {config.recipe!r}, stages '
-          f'{list(recipe.stages(config))}.', flush=True)
-  start = time.time()
-  trained: dict[str, Trained] = {}
-  for name in recipe.stages(config):
-    stage = recipe.make_stage(config, name, trained)
-    trained[name] = fit(stage, os.path.join(workdir, name),
-                        handle_preemption=handle_preemption, faults=faults,
-                        num_devices=num_devices)
-  metrics = {**final_metrics(trained), **recipe.finish(config, trained, workdir)}
+  # The run's workdir is this run's (figures, config.json); each stage's too (`fit`).
+  with workdir_lib.lock(workdir) if is_main else contextlib.nullcontext():
+    check_resume(config, workdir, recipe.stages(config))
+    if is_main:
+      print(f'Devices: {jax.device_count()} x {jax.devices()[0].platform} in '
+            f'{jax.process_count()} process(es); recipe {config.recipe!r}, stages '
+            f'{list(recipe.stages(config))}.', flush=True)
+    start = time.time()
+    trained: dict[str, Trained] = {}
+    for name in recipe.stages(config):
+      stage = recipe.make_stage(config, name, trained)
+      trained[name] = fit(stage, os.path.join(workdir, name),
+                          handle_preemption=handle_preemption, faults=faults,
+                          num_devices=num_devices)
+    metrics = {**final_metrics(trained), **recipe.finish(config, trained, workdir)}
   if is_main:
     print(f'Finished {list(trained)} in {time.time() - start:.1f} s. Final metrics: '
           + ', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items())), flush=True)
