@@ -395,7 +395,11 @@ _SLOW_START = textwrap.dedent('''
 
     def slow_start(config, workdir, **kwargs):  # Stands for decoding a large dataset.
       print('STARTED', flush=True)
-      time.sleep(120)
+      # Short calls, as decoding makes: Python runs a signal handler between
+      # bytecodes, and when the kernel hands the signal to another thread (XLA's)
+      # one long C call (sleep(120)) would hold it back until it returns.
+      for _ in range(1200):
+        time.sleep(0.1)
 
     training.train_and_evaluate = slow_start
     from experiments import main
