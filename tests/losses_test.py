@@ -333,7 +333,9 @@ class ContractiveTest(chex.TestCase):
       else:
         penalty = lambda ls: losses.contractive_penalty(
             functools.partial(_mlp_encode, ls), x_BxD, mode=mode)
-      jax.test_util.check_grads(penalty, (layers,), order=2,
+      # Order 1: the gradient training uses (the penalty already holds the
+      # encoder's first derivatives, so this checks their derivatives too).
+      jax.test_util.check_grads(penalty, (layers,), order=1,
                                 modes=('fwd', 'rev'))
 
   @parameterized.parameters('jvp', 'vjp')
