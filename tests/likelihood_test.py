@@ -67,7 +67,12 @@ def trained(images):
   return {name: _train(name, train_x)[:2] for name in ('mlp_vae', 'ladder_vae')}
 
 
-@pytest.mark.parametrize('name', sorted(MODELS))
+# The ladder VAE's cases (the slowest to compile) run in the integration tier.
+_LADDER_LATER = lambda names: [pytest.param(n, marks=pytest.mark.integration)
+                               if n == 'ladder_vae' else n for n in names]
+
+
+@pytest.mark.parametrize('name', _LADDER_LATER(sorted(MODELS)))
 def test_one_sample_is_the_single_sample_elbo(name, images):
   x = jnp.asarray(images[:4])
   model, variables = _init(name, x)
@@ -101,7 +106,7 @@ def test_one_sample_is_the_single_sample_elbo(name, images):
 
 
 # ConvVAE shares the one-layer code path with MLPVAE (`models.vae.gaussian_log_weight_terms`).
-@pytest.mark.parametrize('name', ['mlp_vae', 'ladder_vae'])
+@pytest.mark.parametrize('name', _LADDER_LATER(['mlp_vae', 'ladder_vae']))
 def test_chunked_equals_unchunked(name, images):
   x = jnp.asarray(images[:5])
   model, variables = _init(name, x)
