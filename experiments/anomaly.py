@@ -54,6 +54,15 @@ def class_config(config: ml_collections.ConfigDict, train_images: np.ndarray,
       name=f'{config.data.name}:class{normal_class}')
   # A class smaller than a batch would give no full batch; shrink the batch to fit.
   fields['data']['batch_size'] = min(fields['data']['batch_size'], len(train_images))
+  # The source serves its images for every split: evaluate on as many batches
+  # and draw as many figure examples as it has (the config checks refuse more).
+  num_eval_batches = fields['train'].get('num_eval_batches')
+  if num_eval_batches is not None:
+    available = -(-len(train_images) // fields['data']['eval_batch_size'])
+    fields['train']['num_eval_batches'] = min(num_eval_batches, available)
+  if 'num_figure_examples' in fields['train']:
+    fields['train']['num_figure_examples'] = min(fields['train']['num_figure_examples'],
+                                                 len(train_images))
   return ml_collections.ConfigDict(fields)
 
 

@@ -238,9 +238,10 @@ def test_quickstart_executes_and_learns():
   assert last < 0.8 * first, (first, last)
   # A 2-D VAE on MNIST reaches ~150-170 nats; an untrained one is ~540.
   assert test_loss < 250, test_loss
-  # train_and_evaluate's work directory: the stage's and the recipe's figures.
-  assert "['figures', 'model'] ['latent_map.png', 'reconstructions.png', 'samples.png', " \
-         "'training_curves.png']" in text
+  # train_and_evaluate's work directory: its lock and config, the stage's directory
+  # and the recipe's figures.
+  assert "['.lock', 'config.json', 'figures', 'model'] ['latent_map.png', " \
+         "'reconstructions.png', 'samples.png', 'training_curves.png']" in text
   assert _num_figures(notebook) >= 6
 
 

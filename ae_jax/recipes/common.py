@@ -393,8 +393,18 @@ def check_optimizer(config: ml_collections.ConfigDict, field: str = 'optim') -> 
 BINARY_DATASETS = ('binarized_mnist', 'shapes')
 
 
+def _is_source(name: Any) -> bool:
+  """An in-memory source object in `config.data.name` (as the anomaly app's per-class
+  configs hold), which `ae_jax.data.open_source` serves as it is for every split."""
+  return not isinstance(name, str) and all(
+      hasattr(name, attr) for attr in ('get', '__len__', 'element_shape'))
+
+
 def check_dataset_name(name: Any) -> None:
-  """Raises ValueError unless `name` is a dataset of `ae_jax.data` ('tfds:<name>' included)."""
+  """Raises ValueError unless `name` is a dataset of `ae_jax.data` ('tfds:<name>' included)
+  or a source object."""
+  if _is_source(name):
+    return
   if not isinstance(name, str) or not (name in data_lib.known_datasets()
                                        or name.startswith(data_lib.sources.TFDS_PREFIX)):
     raise ValueError(f'config.data.name={name!r} is not a dataset of ae_jax.data; expected one '
@@ -410,6 +420,8 @@ def split_info(data_config: Mapping[str, Any], split: str) -> tuple[int, tuple[i
   """
   name = data_config['name']
   check_dataset_name(name)
+  if _is_source(name):
+    return len(name), tuple(name.element_shape)
   if name in data_lib.IN_MEMORY_DATASETS:
     source = data_lib.open_source(name, split)
     return len(source), tuple(source.element_shape)
@@ -435,10 +447,13 @@ def check_image_data(config: ml_collections.ConfigDict) -> tuple[int, ...] | Non
   """
   data, train = config.data, config.train
   name = data.name
-  if data.get('binarize') and name in BINARY_DATASETS:
+  # A source object is not a named dataset: the name rules do not apply to it.
+  name_text = None if _is_source(name) else name
+  shown = getattr(name, 'name', type(name).__name__) if name_text is None else name
+  if data.get('binarize') and name_text in BINARY_DATASETS:
     raise ValueError(f'config.data.binarize=True has no effect: the images of {name!r} are '
                      '0/1 already; leave it at False.')
-  if data.get('data_dir') is not None and name in data_lib.IN_MEMORY_DATASETS:
+  if data.get('data_dir') is not None and name_text in data_lib.IN_MEMORY_DATASETS:
     raise ValueError(f'config.data.data_dir={data.data_dir!r} has no effect: {name!r} is built '
                      'in (data_dir is where TFDS datasets are read); leave it at None.')
   check_dataset_name(name)
@@ -451,7 +466,7 @@ def check_image_data(config: ml_collections.ConfigDict) -> tuple[int, ...] | Non
   train_info, eval_info = infos['train_split'], infos['eval_split']
   if train_info is not None and data.batch_size > train_info[0]:
     raise ValueError(f'config.data.batch_size={data.batch_size} is larger than the '
-                     f'{train_info[0]} examples of the {data.train_split!r} split of {name!r}; '
+                     f'{train_info[0]} examples of the {data.train_split!r} split of {shown!r}; '
                      f'it must be at most {train_info[0]}.')
   if eval_info is not None:
     num_eval = eval_info[0]
@@ -460,12 +475,12 @@ def check_image_data(config: ml_collections.ConfigDict) -> tuple[int, ...] | Non
       raise ValueError(
           f'config.train.num_eval_batches={train.num_eval_batches} is more than the {available} '
           f'batch(es) of config.data.eval_batch_size={data.eval_batch_size} that the '
-          f'{num_eval} examples of the {data.eval_split!r} split of {name!r} make; it must be '
+          f'{num_eval} examples of the {data.eval_split!r} split of {shown!r} make; it must be '
           f'at most {available}.')
     if train.get('num_figure_examples', 0) > num_eval:
       raise ValueError(f'config.train.num_figure_examples={train.num_figure_examples} is more '
                        f'than the {num_eval} examples of the {data.eval_split!r} split of '
-                       f'{name!r}; it must be at most {num_eval}.')
+                       f'{shown!r}; it must be at most {num_eval}.')
     if data.eval_batch_size > num_eval:
       warn(f'config.data.eval_batch_size={data.eval_batch_size} is larger than the {num_eval} '
            f'examples of the {data.eval_split!r} split: each evaluation is one padded batch.')

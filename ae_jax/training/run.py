@@ -205,9 +205,18 @@ class ConfigMismatchError(ValueError):
   """A run resumed with a config its checkpoints do not fit (the fields are named)."""
 
 
+def _json_default(value: Any) -> Any:
+  """A value JSON has no type for: numpy scalars as numbers; an object (a data
+  source in `config.data.name`) as '<Type name>', not its arrays."""
+  if hasattr(value, 'item') and getattr(value, 'shape', None) == ():
+    return value.item()
+  name = getattr(value, 'name', None)
+  return f'<{type(value).__name__}{f" {name}" if isinstance(name, str) else ""}>'
+
+
 def _plain(value: Any) -> Any:
   """A config value as JSON holds it (tuples as lists)."""
-  return json.loads(json.dumps(value))
+  return json.loads(json.dumps(value, default=_json_default))
 
 
 def config_fields(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
@@ -231,7 +240,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   path = os.path.join(workdir, CONFIG_FILE)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=_json_default)
     f.write('\n')
   os.replace(tmp, path)
   return path
