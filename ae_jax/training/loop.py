@@ -118,12 +118,8 @@ def drop_records_after(path: str, step: int) -> list[dict[str, Any]]:
   """
   if not os.path.exists(path):
     return []
-  records = workdir_lib.read_records(path)
-  kept = [r for r in records if r['step'] <= step]
-  with open(path) as f:
-    unchanged = f.read() == ''.join(json.dumps(r) + '\n' for r in kept)
-  if not unchanged:
-    workdir_lib.write_records(path, kept)
+  kept = [r for r in workdir_lib.read_records(path) if r['step'] <= step]
+  workdir_lib.write_records(path, kept)
   return kept
 
 
@@ -265,13 +261,7 @@ def fit(stage: Stage, workdir: str, *, handle_preemption: bool = True,
     Preempted: after saving a checkpoint, when a SIGTERM arrived while training.
     TrainingDivergedError: a train or eval metric became NaN or Inf.
   """
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise workdir_lib.as_write_error(e, workdir) from e
-  # Only process 0 holds the lock: every process of one run shares the workdir.
-  is_main = jax.process_index() == 0
-  with workdir_lib.lock(workdir) if is_main else contextlib.nullcontext():
+  with workdir_lib.held(workdir, is_main=jax.process_index() == 0):
     return _fit(stage, workdir, handle_preemption=handle_preemption, faults=faults,
                 num_devices=num_devices)
 

@@ -16,7 +16,6 @@ two-stage run resumes the second stage where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import os
@@ -76,13 +75,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     WorkdirInUseError: another run holds `workdir` (nothing was touched).
   """
   recipe = validate(config)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise workdir_lib.as_write_error(e, workdir) from e
   is_main = jax.process_index() == 0
   # The run's workdir is this run's (figures, config.json); each stage's too (`fit`).
-  with workdir_lib.lock(workdir) if is_main else contextlib.nullcontext():
+  with workdir_lib.held(workdir, is_main=is_main):
     check_resume(config, workdir, recipe.stages(config))
     if is_main:
       print(f'Devices: {jax.device_count()} x {jax.devices()[0].platform} in '

@@ -64,6 +64,18 @@ def lock(workdir: str) -> Iterator[None]:
     os.close(fd)  # Releases the flock.
 
 
+@contextlib.contextmanager
+def held(workdir: str, *, is_main: bool) -> Iterator[None]:
+  """Creates `workdir` (a failure is a `WorkdirWriteError`) and, on the main process,
+  holds its `lock` for the block; every process of one run shares the workdir."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise as_write_error(e, workdir) from e
+  with lock(workdir) if is_main else contextlib.nullcontext():
+    yield
+
+
 def _holder(fd: int) -> str:
   try:
     info = json.loads(os.pread(fd, 4096, 0).decode() or '{}')
