@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-integration test-slow test-notebooks bench bench-torch demo clean
+.PHONY: install test test-integration test-slow test-notebooks test-untrained bench bench-torch demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: $(STAMP)
 
 test-notebooks: $(STAMP)
 	$(PY) -m pytest -n 2 --timeout=1800 -q -m notebooks
+
+# Every test that claims learning (all tiers), run with no parameter updates:
+# each must fail, so one that passes untrained is reported as failed.
+test-untrained: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup --timeout=1800 -q -rxX -m learning --untrained
 
 bench: $(STAMP)
 	$(PY) -m experiments.bench

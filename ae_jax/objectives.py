@@ -562,44 +562,86 @@ def _masked_variance(values_BxZ: jax.Array, batch: Batch) -> jax.Array:
   return jnp.sum(jnp.square(values_BxZ - mean) * mask[:, None], 0) / count
 
 
+_FREE_BITS_GROUPS = ('layer', 'unit')
+# A unit 'carries information' when its batch-mean KL exceeds this (nats).
+_KL_UNIT_THRESHOLD = 0.01
+
+
+def _ladder_kl_weights(kl_per_unit, beta_t, kl_balance: bool):
+  """Per-layer KL weights: 1, or during warm-up (β_t < 1) with `kl_balance`
+  γ_i = L (κ_i + ε) / Σ_j (κ_j + ε) for κ_i the KL per unit of layer i (a
+  batch mean, no gradient), ε = 0.01: a layer carrying less KL per unit than
+  the others is penalised less. A variant of the KL balancing of Vahdat & Kautz
+  2020, App. A, whose γ_l scales the group's KL by a factor of its size; here
+  the KL per unit is what is balanced."""
+  if not kl_balance:
+    return [1.0] * len(kl_per_unit)
+  kappa = [jax.lax.stop_gradient(jnp.mean(k)) + 0.01 for k in kl_per_unit]
+  total = sum(kappa)
+  balanced = [len(kappa) * k / total for k in kappa]
+  return [jnp.where(beta_t < 1.0, g, 1.0) for g in balanced]
+
+
 def make_ladder_vae_objective(
     model: nn.Module,
     *,
     beta: float = 1.0,
     warmup_steps: int = 0,
     free_bits: float = 0.0,
+    free_bits_group: str = 'layer',
+    kl_balance: bool = False,
     active_threshold: float = 0.01,
     reconstruction: str = 'bernoulli',
     objective: str = 'elbo',
     num_samples: int = 1,
 ) -> Objective:
-  """Negative ELBO of a ladder VAE with KL warm-up and free bits per layer.
+  """Negative ELBO of a ladder VAE with KL warm-up, free bits and KL balancing.
 
-    loss = recon + β_t Σ_i max(λ, KL_i),  β_t = β · min(1, step / warmup_steps)
+    loss = recon + β_t Σ_i γ_i Σ_{g ∈ groups of layer i} max(λ, KL_g)
+    β_t = β · min(1, step / warmup_steps)
     KL_i = E_batch KL(q(z_i | z_{i+1}, x) ‖ p(z_i | z_{i+1}))
 
   Each KL_i is the Gaussian-Gaussian KL in closed form between the merged
   posterior and the top-down prior of layer i, both at the sampled z_{i+1}
   (`losses.gaussian_kl_between`); the top layer's prior is N(0, I). The sum
   over layers of these terms, with z drawn from q, is an unbiased estimate of
-  KL(q(z|x) ‖ p(z)), so recon + Σ_i KL_i is the negative ELBO. Free bits
-  (Kingma et al. 2016): λ = `free_bits` nats per layer, each layer being one
-  group, applied to the minibatch mean KL_i, so a layer whose KL is below λ
-  gets no gradient pushing it further down (the 'elbo' metric always uses the
-  plain KL).
+  KL(q(z|x) ‖ p(z)), so recon + Σ_i KL_i is the negative ELBO (the 'elbo'
+  metric, whatever the settings below).
+
+  Free bits (Kingma et al. 2016): λ = `free_bits` nats per group, applied to
+  the minibatch mean KL of the group, so a group whose KL is below λ gets no
+  gradient pushing it further down. `free_bits_group='layer'`: each layer is
+  one group (KL_i); 'unit': each latent unit is its own group (the KL of unit
+  j of layer i, so λ per unit), which keeps units, not only layers, from
+  collapsing. `kl_balance`: during warm-up the layers' KL terms are weighted
+  by γ_i ∝ their KL per unit (see `_ladder_kl_weights`; 1 afterwards).
+
+  With a batch-normalised model (`model.stateful`) the objective is stateful:
+  `fn(params, batch, key, model_state, step=) -> (loss, (metrics,
+  new_model_state))`, the forward pass in training mode (minibatch
+  statistics, `mutable=['batch_stats']`). The eval step calls it likewise, so
+  its metrics use the eval batch's statistics, not the running averages that
+  `experiments.likelihood` scores with.
 
   Metrics (batch means, nats): 'recon', 'kl', 'kl_layer{i}' for i = 1..L
   (bottom first), 'active_units_layer{i}' (Burda et al.'s count of units with
   Cov_x(E_q[z]) > `active_threshold` over this batch, E_q[z_i] taken along the
-  posterior-mean path, see `LadderVAE.posterior_means`), 'beta', 'elbo', 'loss'.
+  posterior-mean path, see `LadderVAE.posterior_means`, with the running
+  averages of a batch-normalised model), 'kl_units_layer{i}' (the units whose
+  batch-mean KL exceeds 0.01 nats: below the top layer a unit's posterior mean
+  can vary with x through the prior from above, so it passes Burda's test
+  while carrying no information of its own; this count says whether it
+  does), 'beta', 'elbo', 'loss'.
 
   `objective='iwae'` trains the `num_samples`-sample IWAE bound instead
-  (`make_iwae_objective`).
+  (`make_iwae_objective`; not with batch normalisation, free bits or KL
+  balancing).
 
   References:
-    Sønderby et al. 2016, "Ladder variational autoencoders" (warm-up, Sec. 2.3);
-    Kingma et al. 2016, "Improved variational inference with inverse
-    autoregressive flow", App. C.8 (free bits); Burda et al. 2016, Sec. 5.2
+    Sønderby et al. 2016, "Ladder variational autoencoders" (warm-up and batch
+    normalisation, Sec. 2.3); Kingma et al. 2016, "Improved variational
+    inference with inverse autoregressive flow", App. C.8 (free bits); Vahdat
+    & Kautz 2020, "NVAE", App. A (KL balancing); Burda et al. 2016, Sec. 5.2
     (active units).
   """
   # What the loss reads: the per-layer posterior and prior of `model(x, key)`
@@ -609,6 +651,15 @@ def make_ladder_vae_objective(
   if missing:
     raise ValueError(f'The ladder_vae objective needs a ladder VAE such as models.LadderVAE; '
                      f'{type(model).__name__} lacks {missing}.')
+  if free_bits_group not in _FREE_BITS_GROUPS:
+    raise ValueError(f'free_bits_group={free_bits_group!r}; expected one of {_FREE_BITS_GROUPS}.')
+  stateful = bool(getattr(model, 'stateful', False))
+  if objective == 'iwae':
+    if stateful:
+      raise ValueError("objective='iwae' does not train a batch-normalised ladder VAE "
+                       f"(model.normalization={model.normalization!r}); use 'none' or 'layer'.")
+    if kl_balance:
+      raise ValueError("objective='iwae' has no KL balancing; set kl_balance=False.")
   if _use_iwae(objective, num_samples, reconstruction=reconstruction, free_bits=free_bits):
     return make_iwae_objective(model, num_samples=num_samples, beta=beta,
                                warmup_steps=warmup_steps)
@@ -617,21 +668,53 @@ def make_ladder_vae_objective(
   _check_nonnegative(beta=beta, warmup_steps=warmup_steps, free_bits=free_bits,
                      active_threshold=active_threshold)
 
-  def fn(params, batch: Batch, key: jax.Array, *, step=0):
+  def terms(out, batch, step):
     x = batch['image']
-    out = model.apply(params, x, key)
     recon = batch_mean(losses.bernoulli_nll(out.logits, x), batch)
-    kl_layers = [batch_mean(losses.gaussian_kl_between(qm, qv, pm, pv), batch)
-                 for qm, qv, pm, pv in zip(out.q_mean, out.q_log_var, out.p_mean, out.p_log_var)]
+    # Per layer, the batch mean KL of each unit, [Z_i] (gaussian_kl_between sums
+    # over the non-batch axes, so a trailing axis of 1 keeps the units apart).
+    kl_units = [
+        jax.vmap(lambda q_m, q_v, p_m, p_v: batch_mean(
+            losses.gaussian_kl_between(q_m[:, None], q_v[:, None], p_m[:, None], p_v[:, None]),
+            batch), in_axes=1)(qm, qv, pm, pv)
+        for qm, qv, pm, pv in zip(out.q_mean, out.q_log_var, out.p_mean, out.p_log_var)]
+    kl_layers = [jnp.sum(k) for k in kl_units]
     beta_t = beta * linear_ramp(step, warmup_steps)
-    loss = recon + beta_t * sum(jnp.maximum(free_bits, kl) for kl in kl_layers)
+    weights = _ladder_kl_weights(kl_units, beta_t, kl_balance)
+    if free_bits_group == 'unit':
+      penalised = [jnp.sum(jnp.maximum(free_bits, k)) for k in kl_units]
+    else:
+      penalised = [jnp.maximum(free_bits, k) for k in kl_layers]
+    loss = recon + beta_t * sum(w * k for w, k in zip(weights, penalised))
     kl = sum(kl_layers)
     metrics = {'recon': recon, 'kl': kl, 'beta': beta_t, 'elbo': -(recon + kl), 'loss': loss}
-    means = model.apply(jax.lax.stop_gradient(params), x, method=model.posterior_means)
-    for i, (kl_i, mean_i) in enumerate(zip(kl_layers, means), start=1):
+    for i, (kl_i, units_i) in enumerate(zip(kl_layers, kl_units), start=1):
       metrics[f'kl_layer{i}'] = kl_i
+      metrics[f'kl_units_layer{i}'] = jnp.sum((units_i > _KL_UNIT_THRESHOLD).astype(jnp.float32))
+    return loss, metrics
+
+  def add_active_units(metrics, variables, batch):
+    means = model.apply(jax.lax.stop_gradient(variables), batch['image'],
+                        method=model.posterior_means)
+    for i, mean_i in enumerate(means, start=1):
       metrics[f'active_units_layer{i}'] = jnp.sum(
           (_masked_variance(mean_i, batch) > active_threshold).astype(jnp.float32))
-    return loss, metrics
+    return metrics
+
+  if stateful:
+
+    def stateful_fn(params, batch: Batch, key: jax.Array, model_state, *, step=0):
+      out, new_state = model.apply({**params, **model_state}, batch['image'], key, train=True,
+                                   mutable=list(model_state))
+      loss, metrics = terms(out, batch, step)
+      metrics = add_active_units(metrics, {**params, **model_state}, batch)
+      return loss, (metrics, dict(new_state))
+
+    return stateful_fn
+
+  def fn(params, batch: Batch, key: jax.Array, *, step=0):
+    out = model.apply(params, batch['image'], key)
+    loss, metrics = terms(out, batch, step)
+    return loss, add_active_units(metrics, params, batch)
 
   return fn

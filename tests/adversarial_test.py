@@ -6,6 +6,7 @@ tests/contract_test.py. Run as a script (on fake devices),
 `python tests/adversarial_test.py` prints the pmap-against-one-device report.
 """
 
+import functools
 import json
 import math
 import os
@@ -24,11 +25,18 @@ from scipy import stats
 from ae_jax import data
 from ae_jax import losses
 from ae_jax import models
+from ae_jax import objectives
+from ae_jax import train as train_lib
 from ae_jax import training
 from ae_jax.models.aae import Prior
+from ae_jax.models.aae import SemiSupervisedAAE
 from ae_jax.recipes import aae
+from ae_jax.recipes import ssaae
 import _launch_helpers as helpers
 from experiments.configs import aae as aae_config
+
+# Nats per image by which a trained reconstruction must beat the mean training image.
+MEAN_IMAGE_MARGIN = 20.0
 
 
 # ----------------------------------------------------------------------------
@@ -347,6 +355,27 @@ def _pmap_report(num_steps: int = 3) -> dict[str, float]:
     out[f'{name}_opt_state'] = helpers.max_abs_diff(pmapped.opt_state, state.opt_state)
     out[f'{name}_metrics'] = helpers.max_abs_diff(parallel.unreplicate(replica_metrics),
                                                   metrics)
+  # The semi-supervised AAE's four phases, with its labelled batch split like the rest.
+  model, _, params = _tiny_ss()
+  txs = {p: optax.sgd(lr, momentum=0.9) for p, lr in
+         (('recon', 0.1), ('disc', 0.05), ('gen', 0.02), ('semi', 0.03))}
+  single = jax.jit(ssaae.train_step_fn(model, txs))
+  mapped = parallel.pmap_train_step(ssaae.train_step_fn(model, txs, axis_name='batch'),
+                                    'batch', donate=False)
+  state = ssaae.create_state(params, txs)
+  replicas = parallel.replicate(state)
+  for batch in batches:
+    batch = {'image': batch['image'], 'labelled_image': batch['image'][::-1],
+             'labelled_label': np.array([0, 1, 2, 2, 1, 0], np.int32)}
+    state, metrics = jax.block_until_ready(single(state, batch, key))
+    replicas, replica_metrics = jax.block_until_ready(
+        mapped(replicas, parallel.split_batch(batch), key))
+  pmapped = parallel.unreplicate(replicas)
+  out['ssaae_step'] = int(pmapped.step)
+  out['ssaae_moved'] = helpers.max_abs_diff(state.params, params)
+  out['ssaae_params'] = helpers.max_abs_diff(pmapped.params, state.params)
+  out['ssaae_opt_state'] = helpers.max_abs_diff(pmapped.opt_state, state.opt_state)
+  out['ssaae_metrics'] = helpers.max_abs_diff(parallel.unreplicate(replica_metrics), metrics)
   return out
 
 
@@ -354,7 +383,8 @@ def _pmap_report(num_steps: int = 3) -> dict[str, float]:
 def test_pmap_step_on_two_devices_equals_the_one_device_step(tmp_path):
   """On 2 fake devices (a subprocess: the flag must precede JAX) the pmap step, whose
   replicas keep their rows of the global batch's prior samples, follows the jitted
-  one-device step up to float summation order."""
+  one-device step up to float summation order: the AAE with and without labels, and
+  the semi-supervised AAE."""
   env = dict(helpers.env_with_devices(2), PYTHONPATH=os.pathsep.join(
       [helpers.REPO, os.path.dirname(os.path.abspath(__file__))]))
 
@@ -374,7 +404,7 @@ def test_pmap_step_on_two_devices_equals_the_one_device_step(tmp_path):
   report = json.loads(result.stdout.strip().splitlines()[-1])
   print(report)
   assert report['device_count'] == 2
-  for name in ('classes0', 'classes3'):
+  for name in ('classes0', 'classes3', 'ssaae'):
     assert report[f'{name}_step'] == 3
     assert report[f'{name}_moved'] > 1e-2  # The steps did move the parameters.
     assert report[f'{name}_params'] < 1e-5, report
@@ -387,15 +417,28 @@ def test_pmap_step_on_two_devices_equals_the_one_device_step(tmp_path):
 # ----------------------------------------------------------------------------
 
 
+def _mean_image_recon(train_x: np.ndarray, test_x: np.ndarray) -> float:
+  """The Bernoulli reconstruction loss (nats per image) of predicting the mean training
+  image for every test image: the trivial baseline a learnt reconstruction must beat."""
+  mean = np.clip(train_x.mean(0, keepdims=True), 1e-4, 1 - 1e-4)
+  logits = jnp.broadcast_to(jnp.asarray(np.log(mean) - np.log1p(-mean)), test_x.shape)
+  return float(jnp.mean(objectives.reconstruction_loss(logits, jnp.asarray(test_x),
+                                                        kind='bernoulli')))
+
+
 @pytest.mark.integration
+@pytest.mark.learning
 def test_recon_falls_and_codes_approach_the_prior_on_mnist():
   """300 steps of the default config (Gaussian prior) on the MNIST 5k subset: the
-  test reconstruction loss and the MMD² of test codes to the prior both fall."""
+  test reconstruction loss beats the mean training image's on the same test images by
+  MEAN_IMAGE_MARGIN nats, and the MMD² of test codes to the prior falls to a quarter of
+  the untrained model's."""
   stage = aae.make_stage(aae_config.get_config(), 'model', {})
   evaluate = jax.jit(stage.eval_step)
   step = jax.jit(stage.train_step, donate_argnums=(0,))
   test_x, _ = data.load_arrays('mnist5k', 'test')
   test_batch = {'image': jnp.asarray(test_x)}
+  mean_image = _mean_image_recon(data.load_arrays('mnist5k', 'train')[0], test_x)
   state = jax.jit(stage.init)(jax.random.key(0))
   eval_key = jax.random.key(1)
   before = evaluate(state, test_batch, eval_key)
@@ -403,8 +446,8 @@ def test_recon_falls_and_codes_approach_the_prior_on_mnist():
   for _ in range(300):
     state, metrics = step(state, jax.tree.map(jnp.asarray, next(batches)), jax.random.key(2))
   after = evaluate(state, test_batch, eval_key)
-  print({k: (float(before[k]), float(after[k])) for k in ('recon', 'mmd')})
-  assert float(after['recon']) < 0.8 * float(before['recon'])
+  print({k: (float(before[k]), float(after[k])) for k in ('recon', 'mmd')}, mean_image)
+  assert float(after['recon']) < mean_image - MEAN_IMAGE_MARGIN
   assert float(after['mmd']) < 0.25 * float(before['mmd'])
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
@@ -475,6 +518,263 @@ def test_labelled_codes_land_in_their_own_component(tmp_path):
   nearest = np.argmin(((z[:, None] - means[None]) ** 2).sum(-1), 1)
   assert np.mean(nearest == y) > 0.6, np.mean(nearest == y)
   assert metrics['mmd'] < 0.03, metrics
+
+
+# ----------------------------------------------------------------------------
+# The semi-supervised AAE (Makhzani et al. section 5).
+# ----------------------------------------------------------------------------
+
+
+def _tiny_ss():
+  model = SemiSupervisedAAE(input_dim=16, hidden=(8,), latent_dim=2, num_classes=3,
+                            disc_hidden=(8,))
+  rng = np.random.default_rng(0)
+  batch = {'image': jnp.asarray(rng.uniform(size=(6, 4, 4, 1)), jnp.float32),
+           'labelled_image': jnp.asarray(rng.uniform(size=(6, 4, 4, 1)), jnp.float32),
+           'labelled_label': jnp.array([0, 1, 2, 2, 1, 0], jnp.int32)}
+  params = {'params': model.init(jax.random.key(1), batch['image'])['params']}
+  return model, batch, params
+
+
+def test_labelled_subset_is_balanced_fixed_by_seed_and_nested():
+  labels = np.random.default_rng(0).integers(0, 10, size=3000)
+  index = ssaae.labelled_indices(labels, 100, num_classes=10, seed=0)
+  assert len(index) == len(set(index.tolist())) == 100
+  np.testing.assert_array_equal(np.bincount(labels[index], minlength=10), np.full(10, 10))
+  np.testing.assert_array_equal(index, ssaae.labelled_indices(labels, 100, num_classes=10,
+                                                              seed=0))
+  other = ssaae.labelled_indices(labels, 100, num_classes=10, seed=1)
+  assert len(set(index.tolist()) & set(other.tolist())) < 20  # ~100 * 10/300 expected.
+  # Each class takes a prefix of one seeded permutation: 1,000 labels hold the 100.
+  assert set(index.tolist()) <= set(ssaae.labelled_indices(labels, 1000, num_classes=10,
+                                                           seed=0).tolist())
+  with pytest.raises(ValueError, match='positive multiple of the 10 classes'):
+    ssaae.labelled_indices(labels, 105, num_classes=10, seed=0)
+  with pytest.raises(ValueError, match='needs 300 examples of class 0'):
+    ssaae.labelled_indices(labels[labels != 0][:2900].tolist() + [0] * 5, 3000,
+                           num_classes=10, seed=0)
+
+
+def test_train_batches_hold_only_the_labelled_set_and_resume_by_step():
+  config = aae_config.get_config('smoke,semisupervised')
+  images, labels = ssaae.labelled_set(config, 10)
+  x, y = data.load_arrays('mnist5k', 'train')
+  index = ssaae.labelled_indices(y, config.data.num_labels, num_classes=10, seed=0)
+  np.testing.assert_array_equal(images, x[index])
+  np.testing.assert_array_equal(labels, y[index])
+  train_data = ssaae.train_data(config, 10)
+  first = [next(it) for it in [train_data(0)] for _ in range(6)]
+  flat = images.reshape(len(images), -1)
+  for batch in first:
+    assert set(batch) == {'image', 'labelled_image', 'labelled_label'}  # No other label.
+    rows = [np.flatnonzero((flat == v).all(1)) for v in batch['labelled_image'].reshape(16, -1)]
+    assert all(len(r) == 1 for r in rows)
+    np.testing.assert_array_equal(batch['labelled_label'], labels[[r[0] for r in rows]])
+  resumed = next(train_data(5))
+  jax.tree.map(np.testing.assert_array_equal, resumed, first[5])
+
+
+def test_prior_samples_are_one_hot_uniform_classes_and_standard_normal_styles():
+  model, _, _ = _tiny_ss()
+  hp = ssaae.hyperparameters(model)
+  y, z = ssaae.prior_samples(hp, jax.random.key(0), 6000)
+  y, z = np.asarray(y), np.asarray(z)
+  assert set(np.unique(y).tolist()) == {0.0, 1.0}
+  np.testing.assert_array_equal(y.sum(1), np.ones(6000))
+  assert stats.chisquare(y.sum(0)).pvalue > 1e-3
+  np.testing.assert_allclose(z.mean(0), 0.0, atol=4 / math.sqrt(6000))
+  np.testing.assert_allclose(z.std(0), 1.0, rtol=0.05)
+
+
+@functools.cache
+def _ss_sgd_step():
+  """One jitted semi-supervised step for the tests, SGD in every phase with the rates in
+  the state (`optax.inject_hyperparams`), so one compilation serves every rate."""
+  model, _, _ = _tiny_ss()
+  txs = {p: optax.inject_hyperparams(optax.sgd)(learning_rate=0.0)
+         for p in ssaae.PHASES}
+  return txs, jax.jit(ssaae.train_step_fn(model, txs))
+
+
+def _ss_sgd_state(params, lrs):
+  txs, _ = _ss_sgd_step()
+  state = ssaae.create_state(params, txs)
+  opt_state = {p: s._replace(hyperparams={**s.hyperparams, 'learning_rate': jnp.asarray(
+      lrs.get(p, 0.0), jnp.float32)}) for p, s in state.opt_state.items()}
+  return state.replace(opt_state=opt_state)
+
+
+def test_each_semisupervised_phase_updates_only_its_parameters():
+  model, batch, params = _tiny_ss()
+  del model
+  _, step = _ss_sgd_step()
+  for phase, expected in [('recon', {'trunk', 'y_head', 'z_head', 'decoder'}),
+                          ('disc', {'disc_y', 'disc_z'}), ('gen', {'trunk', 'y_head', 'z_head'}),
+                          ('semi', {'trunk', 'y_head'})]:
+    new_state, metrics = step(_ss_sgd_state(params, {phase: 0.1}), batch, jax.random.key(2))
+    assert {k for k, v in _changed(params, new_state.params).items() if v} == expected, phase
+  assert {'loss', 'recon', 'disc_y_loss', 'disc_z_loss', 'gen_loss', 'xent'} <= set(metrics)
+
+
+def test_supervised_gradient_reaches_only_the_class_head_and_trunk():
+  """The cross-entropy's gradient is exactly zero on the style head, decoder and both
+  discriminators (they are not on its path), and nonzero on trunk and class head; the
+  supervised-only step changes exactly those two groups and reads no unlabelled image."""
+  model, batch, params = _tiny_ss()
+
+  def xent(p):
+    logits = model.apply(p, batch['labelled_image'], method=model.classify)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, batch['labelled_label']))
+
+  grads = jax.grad(xent)(params)['params']
+  norms = {name: float(train_lib.global_norm(g)) for name, g in grads.items()}
+  assert {name for name, n in norms.items() if n > 0} == {'trunk', 'y_head'}, norms
+  txs = {'semi': optax.sgd(0.1)}
+  step = jax.jit(ssaae.train_step_fn(model, txs, supervised_only=True))
+  nan_batch = {**batch, 'image': jnp.full_like(batch['image'], jnp.nan)}
+  new_state, metrics = step(ssaae.create_state(params, txs), nan_batch, jax.random.key(0))
+  assert {k for k, v in _changed(params, new_state.params).items() if v} == {'trunk', 'y_head'}
+  assert float(metrics['loss']) == pytest.approx(float(xent(params)), rel=1e-6)
+  assert set(new_state.opt_state) == {'semi'}
+
+
+def test_semisupervised_step_equals_four_sequential_gradient_steps():
+  """The jitted step against the four phases written out with jax.grad and plain SGD;
+  the discriminators see one-hot categorical and N(0, I) samples drawn from
+  fold_in(key, step)."""
+  model, batch, params = _tiny_ss()
+  _, step = _ss_sgd_step()
+  key = jax.random.key(3)
+  new_state, metrics = step(_ss_sgd_state(
+      params, {'recon': 0.1, 'disc': 0.05, 'gen': 0.02, 'semi': 0.03}), batch, key)
+
+  x = batch['image']
+  step_key = jax.random.fold_in(key, 0)
+  class_key, style_key = jax.random.split(step_key)
+  y_prior = jax.nn.one_hot(jax.random.randint(class_key, (6,), 0, 3), 3)
+  z_prior = jax.random.normal(style_key, (6, 2))
+  apply = lambda q, *a, method: model.apply({'params': q}, *a, method=method)
+
+  def sgd(p, g, names, lr):
+    return {**p, **{n: jax.tree.map(lambda a, b: a - lr * b, p[n], g[n]) for n in names}}
+
+  def codes(q):
+    code = apply(q, x, method=model.encode)
+    return jax.nn.softmax(code.y_logits, -1), code.z
+
+  def recon(q):
+    y, z = codes(q)
+    logits = apply(q, y, z, method=model.decode)
+    return jnp.mean(jnp.sum(jax.nn.softplus(logits) - x.reshape(6, -1) * logits, -1))
+
+  p = params['params']
+  p = sgd(p, jax.grad(recon)(p), ('trunk', 'y_head', 'z_head', 'decoder'), 0.1)
+  y_data, z_data = codes(p)
+  dy = lambda q, v: apply(q, v, method=model.discriminate_y)
+  dz = lambda q, v: apply(q, v, method=model.discriminate_z)
+
+  def disc(q):
+    return jnp.mean(-jax.nn.log_sigmoid(dy(q, y_prior)) - jax.nn.log_sigmoid(-dy(q, y_data))
+                    - jax.nn.log_sigmoid(dz(q, z_prior)) - jax.nn.log_sigmoid(-dz(q, z_data)))
+
+  p = sgd(p, jax.grad(disc)(p), ('disc_y', 'disc_z'), 0.05)
+
+  def gen(q):
+    y, z = codes(q)
+    return jnp.mean(-jax.nn.log_sigmoid(dy(q, y)) - jax.nn.log_sigmoid(dz(q, z)))
+
+  gen_before = gen(p)
+  p = sgd(p, jax.grad(gen)(p), ('trunk', 'y_head', 'z_head'), 0.02)
+
+  def semi(q):
+    logits = apply(q, batch['labelled_image'], method=model.classify)
+    log_q = jax.nn.log_softmax(logits, -1)
+    return -jnp.mean(jnp.take_along_axis(log_q, batch['labelled_label'][:, None], 1))
+
+  semi_before = semi(p)
+  p = sgd(p, jax.grad(semi)(p), ('trunk', 'y_head'), 0.03)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               new_state.params['params'], p)
+  assert float(metrics['gen_loss']) == pytest.approx(float(gen_before), rel=1e-5)
+  assert float(metrics['xent']) == pytest.approx(float(semi_before), rel=1e-5)
+
+
+def test_semisupervised_eval_error_counts_unmasked_mistakes():
+  model, batch, params = _tiny_ss()
+  objective = ssaae.make_objective(model)
+  logits = model.apply(params, batch['image'], method=model.classify)
+  pred = np.asarray(jnp.argmax(logits, -1))
+  labels = np.array([pred[0], (pred[1] + 1) % 3, pred[2], (pred[3] + 1) % 3, pred[4], -1])
+  mask = np.array([1, 1, 1, 1, 1, 0], np.float32)
+  error, metrics = objective(params, {'image': batch['image'], 'label': jnp.asarray(labels),
+                                      'mask': jnp.asarray(mask)}, jax.random.key(0))
+  assert float(error) == pytest.approx(2 / 5)
+  assert float(metrics['error']) == pytest.approx(2 / 5)
+
+
+def test_semisupervised_config_arguments_and_bad_settings():
+  config = aae_config.get_config('semisupervised')
+  assert config.recipe == 'ssaae' and config.data.num_labels == 100
+  assert not config.loss.supervised_only and 'semi_optim' in config
+  baseline = aae_config.get_config('supervised')
+  assert baseline.loss.supervised_only and 'disc_optim' not in baseline
+  # The baseline's classifier optimizer is the semi-supervised run's semi phase's.
+  assert baseline.optim.to_dict() == {**baseline.optim.to_dict(), **config.semi_optim.to_dict()}
+  assert aae_config.get_config('fashion,supervised').data.name == 'fashion_mnist'
+  with pytest.raises(ValueError, match="'fashion' goes with"):
+    aae_config.get_config('fashion,mixture')
+  config = aae_config.get_config('smoke,semisupervised')
+  config.data.num_labels = 25
+  with pytest.raises(ValueError, match='num_labels must be a positive multiple of the 10'):
+    training.validate(config)
+  config = aae_config.get_config('smoke,semisupervised')
+  config.data.num_labels = 10
+  with pytest.raises(ValueError, match=r'batch_size=16 must be at most config\.data\.num_labels'):
+    training.validate(config)
+  config = aae_config.get_config('smoke,semisupervised')
+  config.loss.supervised_only = True
+  with pytest.raises(ValueError, match=r'config\.disc_optim has no effect'):
+    training.validate(config)
+  with pytest.raises(ValueError, match='supervised_only must be True or False'):
+    ssaae.hyperparameters(_tiny_ss()[0], supervised_only='yes')
+
+
+def _test_error(stage, state, batch) -> float:
+  return float(jax.jit(stage.eval_step)(state, batch, jax.random.key(1))['error'])
+
+
+def _train_classifier(arg: str, num_steps: int):
+  """`num_steps` steps of a config (100 labels of the MNIST 5k train split) by its stage's
+  own jitted steps; the test error (1,000 test digits) before and after."""
+  stage = ssaae.make_stage(aae_config.get_config(arg), 'model', {})
+  test_x, test_y = data.load_arrays('mnist5k', 'test')
+  test_batch = {'image': jnp.asarray(test_x), 'label': jnp.asarray(test_y)}
+  state = jax.jit(stage.init)(jax.random.key(0))
+  before = _test_error(stage, state, test_batch)
+  step = jax.jit(stage.train_step, donate_argnums=(0,))
+  batches = stage.train_data(0)
+  for _ in range(num_steps):
+    state, metrics = step(state, jax.tree.map(jnp.asarray, next(batches)), jax.random.key(2))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  return before, _test_error(stage, state, test_batch)
+
+
+@pytest.mark.integration
+@pytest.mark.learning
+def test_semisupervised_aae_classifies_from_100_labels_near_the_supervised_baseline():
+  """300 steps with 100 labels (10 per class) on MNIST 5k: the semi-supervised AAE's test
+  error is below chance (90%) and the untrained model's by 40 points, and not above the
+  supervised baseline's (same trunk and head, same labels, same steps) by more than 6
+  points. Seen once: untrained 0.892, semi-supervised 0.151, supervised 0.222; with the
+  adversarial phases at 1e-4 instead of the config's 1e-3 it was 0.284 against 0.222, so
+  only that margin is asserted, not a win."""
+  untrained, semi = _train_classifier('semisupervised', 300)
+  _, supervised = _train_classifier('supervised', 300)
+  print({'untrained': untrained, 'semisupervised': semi, 'supervised': supervised})
+  assert semi < 0.9 - 0.4
+  assert semi < untrained - 0.4
+  assert semi < supervised + 0.06
 
 
 if __name__ == '__main__':

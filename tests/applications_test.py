@@ -142,24 +142,36 @@ def test_iwae_with_one_sample_is_the_single_sample_elbo(digits_vae):
   np.testing.assert_allclose(estimate, expected, rtol=1e-4)
 
 
+# L_K >= the mean of the same K log weights is Jensen's inequality, true of any array, so it
+# is not asserted; tests/ppca_test.py checks the bound against an exact log p(x).
 @pytest.mark.integration
-def test_iwae_bounds_the_elbo_and_tightens_with_k(digits_vae):
+def test_iwae_uses_the_first_k_samples_and_grows_with_k(digits_vae):
   model, variables, x = digits_vae
   x = jnp.asarray(x)
   terms = anomaly.sample_terms(model, variables, x, KEY, num_samples=100)
   log_w = anomaly.log_importance_weights(terms)
-  # Jensen on the same samples, per example: log mean exp >= mean.
-  assert bool(jnp.all(anomaly.log_mean_exp(log_w) >= jnp.mean(log_w, axis=1) - 1e-5))
   # Sample k of an example does not depend on K: the K-sample estimate uses the first K.
   np.testing.assert_allclose(
       anomaly.iwae_log_likelihood(model, variables, x, KEY, num_samples=10),
       anomaly.log_mean_exp(log_w[:, :10]), rtol=1e-5)
-  by_k = [float(jnp.mean(anomaly.log_mean_exp(log_w[:, :k]))) for k in (1, 10, 100)]
-  assert by_k[0] < by_k[1] < by_k[2], by_k
+  # E[L_K] per example from K's own 100 samples (key fold_in(KEY, K)) in 100 / K groups of
+  # K, paired over the 64 examples: from K = 1 to 10 it grows by more than 3 standard
+  # errors (measured +0.215 ± 0.020 nats); from 10 to 100 it does not fall by more than 3
+  # (measured +0.015 ± 0.017 nats:
+  # this 4-latent model's bound is nearly saturated at K = 10; ppca_test.py resolves it).
+  by_k = {}
+  for k in (1, 10, 100):
+    own = anomaly.log_importance_weights(anomaly.sample_terms(
+        model, variables, x, jax.random.fold_in(KEY, k), num_samples=100))
+    by_k[k] = np.asarray(jnp.mean(anomaly.log_mean_exp(own.reshape(len(x), 100 // k, k)), 1))
+  for small, large, margin in ((1, 10, 3.0), (10, 100, -3.0)):
+    diff = by_k[large] - by_k[small]
+    assert diff.mean() > margin * diff.std(ddof=1) / np.sqrt(len(diff)), (small, large, diff)
+  # The ELBO with the KL in closed form, from other samples (key 1): below E[L_10], and close
+  # to the Monte Carlo ELBO (K = 1), which is unbiased.
   elbo = float(jnp.mean(anomaly.elbo(model, variables, x, jax.random.key(1), num_samples=100)))
-  assert by_k[1] > elbo, (by_k, elbo)
-  # The single-sample ELBO estimate is unbiased: close to the closed-form-KL ELBO.
-  assert abs(by_k[0] - elbo) < 0.5, (by_k[0], elbo)
+  assert by_k[10].mean() > elbo, (by_k[10].mean(), elbo)
+  assert abs(by_k[1].mean() - elbo) < 0.5, (by_k[1].mean(), elbo)
 
 
 @pytest.mark.integration
@@ -245,18 +257,31 @@ def test_one_class_split_and_tables():
 
 
 @pytest.mark.integration
+@pytest.mark.learning
 def test_short_training_detects_a_different_class():
+  """One-class VAE on 1s, scored on held-out 0s and 1s: every score separates
+  them, and better than the same scores of the untrained model.
+
+  Measured (2026-12-02): untrained ROC-AUC 0.46-0.57 (reconstruction error
+  0.003: inverted, 0s reconstruct better than 1s), trained 1.0 for every score.
+  """
   images, labels = data.load_arrays('mnist5k', 'train')
   test_images, test_labels = data.load_arrays('mnist5k', 'test')
   ones, _ = anomaly.one_class_split(images, labels, 1)
   model = models.MLPVAE(hidden=(128,), latent_dim=8)
+  untrained = init_variables(model, ones[:1], KEY)
   variables = _train(model, objectives.make_vae_objective(model), ones, num_steps=150)
   keep = (test_labels == 0) | (test_labels == 1)
-  scores = anomaly.anomaly_scores(model, variables, test_images[keep], KEY, iwae_samples=8,
-                                  recon_samples=4)
-  for name, values in scores.items():
-    auc = anomaly.detection_metrics(values, test_labels[keep] == 0)['roc_auc']
-    assert auc > 0.7, (name, auc)
+  auc = {}
+  for name, params in (('untrained', untrained), ('trained', variables)):
+    scores = anomaly.anomaly_scores(model, params, test_images[keep], KEY, iwae_samples=8,
+                                    recon_samples=4)
+    auc[name] = {score: anomaly.detection_metrics(values, test_labels[keep] == 0)['roc_auc']
+                 for score, values in scores.items()}
+  print(auc)
+  for score, value in auc['trained'].items():
+    assert value > 0.9, (score, auc)
+    assert value > auc['untrained'][score] + 0.1, (score, auc)
 
 
 # ----------------------------------------------------------------------------
@@ -317,6 +342,7 @@ def test_knn_and_trustworthiness_on_known_embeddings():
   assert embedding.trustworthiness(points, shuffled, n_neighbors=3) < 0.8
 
 
+@pytest.mark.learning
 def test_trained_autoencoder_beats_untrained_in_knn_accuracy():
   images, labels = data.load_arrays('mnist5k', 'train')
   test_images, test_labels = data.load_arrays('mnist5k', 'test')

@@ -51,6 +51,7 @@ CASES = [
     ('vae', 'experiments/configs/vae.py:smoke', 'model'),
     ('ladder', 'experiments/configs/ladder_vae.py:smoke', 'model'),
     ('aae', 'experiments/configs/aae.py:smoke', 'model'),
+    ('ssaae', 'experiments/configs/aae.py:smoke,semisupervised', 'model'),
     ('sequence_vae', 'experiments/configs/molecule_vae.py:smoke', 'model'),
     ('denoiser', 'experiments/configs/apps/denoise.py:smoke', 'model'),
     ('tcvae', 'experiments/configs/apps/disentangle.py:smoke', 'model'),

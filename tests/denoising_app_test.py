@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
-from skimage import metrics as sk_metrics
 
 from ae_jax import data
 from ae_jax import models
@@ -34,17 +33,43 @@ def test_psnr_of_a_constant_offset_is_20_log10_of_one_over_delta():
   np.testing.assert_allclose(denoising.psnr(clean, clean + 0.1), [20.0, 20.0], rtol=1e-9)
 
 
-def test_psnr_and_ssim_agree_with_skimage_per_image():
+def _ssim_by_hand(x, y, win=7, k1=0.01, k2=0.03):
+  """SSIM of two [H, W] images in [0, 1] from Wang et al. 2004, eq. 13, written
+  out: every win x win window fully inside the image, sample (co)variances
+  (N - 1 in the denominator), C1 = (k1 L)^2, C2 = (k2 L)^2 with L = 1, then the
+  mean over windows. These are the settings `denoising.ssim` documents."""
+  c1, c2 = k1 ** 2, k2 ** 2
+  values = []
+  for i in range(x.shape[0] - win + 1):
+    for j in range(x.shape[1] - win + 1):
+      a = x[i:i + win, j:j + win].ravel()
+      b = y[i:i + win, j:j + win].ravel()
+      mu_a, mu_b = a.mean(), b.mean()
+      var_a, var_b = a.var(ddof=1), b.var(ddof=1)
+      cov = np.sum((a - mu_a) * (b - mu_b)) / (a.size - 1)
+      values.append((2 * mu_a * mu_b + c1) * (2 * cov + c2)
+                    / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)))
+  return float(np.mean(values))
+
+
+def test_psnr_and_ssim_match_their_formulas_written_out():
   rng = np.random.default_rng(0)
-  clean = rng.uniform(size=(3, 16, 16, 1))
+  clean = rng.uniform(size=(3, 12, 12, 1))
   noisy = np.clip(clean + 0.1 * rng.normal(size=clean.shape), 0, 1)
-  want_psnr = [sk_metrics.peak_signal_noise_ratio(c[..., 0], n[..., 0], data_range=1.0)
-               for c, n in zip(clean, noisy)]
-  want_ssim = [sk_metrics.structural_similarity(c[..., 0], n[..., 0], data_range=1.0)
-               for c, n in zip(clean, noisy)]
-  np.testing.assert_allclose(denoising.psnr(clean, noisy), want_psnr, rtol=1e-12)
-  np.testing.assert_allclose(denoising.ssim(clean, noisy), want_ssim, rtol=1e-12)
+  mse = np.mean((clean - noisy) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(denoising.psnr(clean, noisy), 10 * np.log10(1 / mse), rtol=1e-12)
+  want = [_ssim_by_hand(c[..., 0], n[..., 0]) for c, n in zip(clean, noisy)]
+  np.testing.assert_allclose(denoising.ssim(clean, noisy), want, rtol=1e-10)
+  # Colour: the mean of the channels' SSIMs.
+  rgb_clean = rng.uniform(size=(1, 9, 9, 3))
+  rgb_noisy = np.clip(rgb_clean + 0.2 * rng.normal(size=rgb_clean.shape), 0, 1)
+  want_rgb = np.mean([_ssim_by_hand(rgb_clean[0, ..., c], rgb_noisy[0, ..., c]) for c in range(3)])
+  np.testing.assert_allclose(denoising.ssim(rgb_clean, rgb_noisy), [want_rgb], rtol=1e-10)
   np.testing.assert_allclose(denoising.ssim(clean, clean), 1.0)
+  # Constant images: only the luminance term is left, (2ab + C1) / (a^2 + b^2 + C1).
+  a, b = 0.2, 0.6
+  got = denoising.ssim(np.full((1, 8, 8, 1), a), np.full((1, 8, 8, 1), b))
+  np.testing.assert_allclose(got, (2 * a * b + 1e-4) / (a * a + b * b + 1e-4), rtol=1e-10)
 
 
 def test_sample_sigmas_is_uniform_on_the_range():
@@ -144,6 +169,7 @@ def test_validate_names_the_field_at_fault(field, value, match):
 
 
 @pytest.mark.integration
+@pytest.mark.learning
 def test_a_trained_dae_beats_the_noisy_input_and_tuned_tv_on_mnist5k(tmp_path):
   config = denoise_config.get_config('smoke')
   config.model.features, config.model.levels = 8, 2

@@ -1,7 +1,8 @@
 """Slower proof for the diffusion autoencoder (`make test-slow`): the default
-config trained through `training.train_and_evaluate` on MNIST 5k reconstructs
-held-out digits through DDIM encode → decode at ≥ 30 dB, and its latent DDPM
-trains."""
+config trained through `training.train_and_evaluate` on MNIST 5k learns (its
+ε-prediction error and its z_sem-only reconstruction against the untrained
+model's), DDIM encode → decode round-trips held-out digits at ≥ 30 dB (a
+property of DDIM, true untrained as well), and its latent DDPM trains."""
 
 import json
 
@@ -13,7 +14,8 @@ from experiments.configs import diffusion_ae as diffusion_ae_config
 pytestmark = pytest.mark.slow
 
 
-def test_default_config_learns_and_ddim_reconstructs_test_digits_at_30_db(tmp_path):
+@pytest.mark.learning
+def test_default_config_learns_and_its_ddim_round_trip_holds(tmp_path):
   config = diffusion_ae_config.get_config()
   config.train.progress_bar = False
   metrics = training.train_and_evaluate(config, str(tmp_path))
@@ -21,7 +23,10 @@ def test_default_config_learns_and_ddim_reconstructs_test_digits_at_30_db(tmp_pa
     train_losses = [r['loss'] for r in map(json.loads, f) if r['split'] == 'train']
   # ε-prediction MSE: a model that predicts ε = 0 scores 1.
   assert train_losses[0] > 0.2 and metrics['loss'] < 0.06, (train_losses[:3], metrics)
-  # The must-hold, on the mean over 64 held-out digits with 100 DDIM steps each way.
+  # Learning: z_sem alone (a fresh x_T) against the untrained model, same x_T.
+  assert metrics['zsem_psnr'] > metrics['zsem_psnr_untrained'] + 4.0, metrics
+  # DDIM's round trip, mean over 64 held-out digits with 100 steps each way: exact
+  # for any noise predictor, so a check of the sampler, not of learning.
   assert metrics['ddim_psnr'] >= 30.0, metrics
   assert metrics['zsem_psnr'] < metrics['ddim_psnr'] - 5, metrics
   # The latent DDPM's ε-MSE on the test codes (1 for a denoiser that predicts 0).

@@ -267,6 +267,7 @@ def test_bad_diffusion_settings_are_rejected_by_name(field, value, match):
 # ----------------------------------------------------------------------------
 
 TRAIN_STEPS = 100
+ZSEM_MARGIN_DB = 2.5
 # Half the default config's widths, so that training fits the default test tier.
 SMALL = dict(latent_dim=16, channels=(16, 32), encoder_channels=(16, 32), time_embed_dim=32)
 
@@ -281,6 +282,7 @@ def trained():
   objective = objectives.make_diffusion_ae_objective(model)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(
       optax.warmup_cosine_decay_schedule(0.0, 2e-3, 20, TRAIN_STEPS)))
+  initial = jax.tree.map(np.asarray, variables)  # A host copy: the step donates its state.
   state = train.create_train_state(variables, tx)
   step = train.make_train_step(objective, tx)
   eval_step = train.make_eval_step(objective)
@@ -290,12 +292,13 @@ def trained():
   for _ in range(TRAIN_STEPS):
     state, _ = step(state, next(images), key)
   after = float(eval_step(state, {'image': test_x}, key)['loss'])
-  return model, state.params, before, after
+  return model, state.params, before, after, initial
 
 
 @pytest.mark.integration
+@pytest.mark.learning
 def test_loss_falls_on_real_digits(trained):
-  _, _, before, after = trained
+  _, _, before, after, _ = trained
   # A fresh model predicts ε = 0 and scores E[ε²] = 1 on held-out digits.
   assert before == pytest.approx(1.0, abs=0.05)
   assert after < 0.15 * before, (before, after)
@@ -306,15 +309,45 @@ def _psnr(reconstructions, x):
 
 
 @pytest.mark.integration
-def test_ddim_encode_decode_of_real_test_digits_reaches_30_db(trained):
-  """The must-hold: DDIM (100 steps each way) round trip of held-out digits ≥ 30 dB."""
-  model, variables, _, _ = trained
+def test_ddim_round_trip_is_near_exact_trained_or_not(trained):
+  """DDIM (100 steps each way) inverts itself on held-out digits: ≥ 30 dB.
+
+  This is a property of DDIM, not a sign of learning: a fresh U-Net predicts
+  ε ≡ 0 (its output layer starts at zero), for which encoding and decoding are
+  exact inverses, so the untrained model passes too (checked here, 120+ dB).
+  Learning is `test_zsem_only_reconstruction_beats_the_untrained_model`.
+  """
+  model, variables, _, _, initial = trained
   x = jnp.asarray(data.load_arrays('mnist5k', 'test')[0][:8])
-  out = diffusion_app.reconstruct(model, variables, x, jax.random.key(1), num_steps=100)
-  values = _psnr(out['ddim'], x)
-  assert values.min() >= 30.0, values
-  # Decoding z_sem from a fresh x_T loses the details x_T carried: far below.
-  assert _psnr(out['zsem_only'], x).mean() < values.mean() - 5
+  for params in (variables, initial):
+    out = diffusion_app.reconstruct(model, params, x, jax.random.key(1), num_steps=100)
+    values = _psnr(out['ddim'], x)
+    assert values.min() >= 30.0, values
+
+
+@pytest.mark.integration
+@pytest.mark.learning
+def test_zsem_only_reconstruction_beats_the_untrained_model(trained):
+  """Decoding z_sem from a fresh random x_T: what the encoder and U-Net learned.
+
+  Untrained, ε ≡ 0 turns x_T into x̂_0 = x_T / √ᾱ_T clipped to [0, 1], noise
+  unrelated to the digit. Measured (2026-12-02, 100 steps of this small model,
+  16 test digits, 50 DDIM steps): trained 6.7 dB, untrained 3.2 dB, so the
+  margin is ZSEM_MARGIN_DB. Neither this run nor the default config's (10.8 dB)
+  reaches the mean training image's 11.9 dB: z_sem alone is still a weak code.
+  """
+  model, variables, _, _, initial = trained
+  train_x = data.load_arrays('mnist5k', 'train')[0]
+  x = data.load_arrays('mnist5k', 'test')[0][:16]
+  psnr = {}
+  for name, params in (('trained', variables), ('untrained', initial)):
+    out = diffusion_app.reconstruct(model, params, jnp.asarray(x), jax.random.key(2),
+                                    num_steps=50)
+    psnr[name] = float(_psnr(out['zsem_only'], x).mean())
+  psnr['mean_image'] = float(denoising.psnr(
+      x, np.broadcast_to(train_x.mean(0), x.shape)).mean())
+  print(psnr)
+  assert psnr['trained'] > psnr['untrained'] + ZSEM_MARGIN_DB, psnr
 
 
 # ----------------------------------------------------------------------------
@@ -338,6 +371,7 @@ def latent_run(tiny, tmp_path_factory):
   return config, encoder, stage, training.fit(stage, str(workdir)), workdir
 
 
+@pytest.mark.learning
 def test_latent_stage_fits_the_frozen_codes_and_keeps_their_normalisation(tiny, latent_run):
   model, variables, _ = tiny
   config, _, stage, fitted, workdir = latent_run

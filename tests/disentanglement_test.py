@@ -237,7 +237,7 @@ class TcDecompositionTest(chex.TestCase):
     np.testing.assert_allclose(kl, closed, atol=0.03)
 
 
-def test_tcvae_objective_reports_its_terms_and_trains():
+def test_tcvae_objective_reports_its_terms_and_they_add_up():
   images = shapes.make_shapes().images[::12]
   model = models.MLPVAE(input_dim=1024, hidden=(64,), latent_dim=4)
   objective = tcvae.make_tcvae_objective(model, dataset_size=len(images), beta=6.0)
@@ -304,6 +304,7 @@ def test_runs_of_one_seed_start_from_the_same_variables():
 
 
 @pytest.mark.integration
+@pytest.mark.learning
 def test_trained_beta_tcvae_scores_above_an_untrained_encoder(grid, tmp_path):
   config = disentangle_config.get_config('smoke')
   config.model.hidden = (256, 128)

@@ -172,6 +172,7 @@ def test_latent_fill_does_not_depend_on_the_batch_size(digits):
 
 
 @pytest.mark.integration
+@pytest.mark.learning
 def test_short_trained_autoencoder_beats_mean_fill_on_mnist_boxes():
   train_x, _ = data.load_arrays('mnist5k', 'train')
   test_x, _ = data.load_arrays('mnist5k', 'test')

@@ -9,6 +9,8 @@ import optax
 import pytest
 from sklearn.decomposition import PCA
 
+import _baselines
+
 from ae_jax import data
 from ae_jax import losses
 from ae_jax import models
@@ -136,6 +138,14 @@ def test_bad_hyperparameters_are_rejected_by_name(bad):
 
 # --- Learning on real data -------------------------------------------------
 
+# The held-out reconstruction after 300 steps, as a fraction of the mean training
+# image's on the same 256 test digits (Bernoulli NLL 209.6 nats, or per-pixel MSE
+# 0.0687 for the VQ-VAE). Measured 2026-12-02, in order: 0.50 0.51 0.75 0.56 0.76
+# 0.55 0.62 0.46 0.52 0.11; untrained, 2.6-2.9 (1.6 for the VQ-VAE).
+MAX_FRACTION_OF_MEAN_IMAGE = dict(
+    undercomplete=0.65, sparse_l1=0.65, sparse_kl=0.9, denoising=0.7, contractive=0.9,
+    vae=0.7, beta_vae=0.8, conv_ae=0.65, conv_vae=0.7, vqvae=0.3)
+
 LEARNING_VARIANTS = ['undercomplete', 'sparse_l1', 'sparse_kl', 'denoising', 'contractive',
                      'vae', 'beta_vae', 'conv_ae', 'conv_vae', 'vqvae']
 
@@ -146,12 +156,16 @@ def mnist5k():
 
 
 @pytest.mark.integration
+@pytest.mark.learning
 @pytest.mark.parametrize('variant', LEARNING_VARIANTS)
 def test_each_variant_learns_on_mnist_subset(variant, mnist5k):
-  """300 Adam steps on real MNIST digits lower the held-out loss by a clear margin.
+  """300 Adam steps on real MNIST digits bring the held-out reconstruction well
+  below the mean training image's (the best a decoder ignoring its input does).
 
   The model, objective and optimizer are the config's, as its recipe's first
-  stage builds them; the batches are drawn here.
+  stage builds them; the batches are drawn here. The margin is the fraction of
+  the mean image's error that remains, `MAX_FRACTION_OF_MEAN_IMAGE`: measured
+  after 300 steps (2026-12-02), 0.22-0.58 of it; untrained, 1.5-3.5x it.
   """
   (train_x, _), (test_x, _) = mnist5k
   config = importlib.import_module(f'experiments.configs.{variant}').get_config()
@@ -161,6 +175,8 @@ def test_each_variant_learns_on_mnist_subset(variant, mnist5k):
   step = jax.jit(stage.train_step)
   evaluate = jax.jit(stage.eval_step)
   test_batch = {'image': jnp.asarray(test_x[:256])}
+  baseline = _baselines.reconstruction_baseline(
+      config.loss.get('reconstruction', 'bernoulli'), train_x, test_x[:256])
   # Held-out loss at a fixed step, so schedules (β warm-up) do not move the target.
   before = float(evaluate(state, test_batch, KEY)['recon'])
   rng = np.random.default_rng(0)
@@ -169,10 +185,12 @@ def test_each_variant_learns_on_mnist_subset(variant, mnist5k):
     idx = rng.choice(len(train_x), batch_size, replace=False)
     state, metrics = step(state, {'image': jnp.asarray(train_x[idx])}, KEY)
   after = float(evaluate(state, test_batch, KEY)['recon'])
+  print({'variant': variant, 'untrained': before, 'trained': after, 'mean_image': baseline})
   assert np.isfinite(float(metrics['loss']))
-  assert after < 0.6 * before, (variant, before, after)
+  assert after < MAX_FRACTION_OF_MEAN_IMAGE[variant] * baseline, (variant, before, after, baseline)
 
 
+@pytest.mark.learning
 def test_linear_autoencoder_reaches_pca_error():
   """A linear AE with MSE converges to PCA's subspace (Baldi & Hornik 1989), so its
   training reconstruction error is within 2% of sklearn PCA's at the same size."""

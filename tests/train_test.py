@@ -55,6 +55,7 @@ def test_create_train_state():
   assert train.is_stateful(_state(tx, _zero_stats()))
 
 
+@pytest.mark.learning
 def test_loss_decreases_over_50_steps():
   tx = optax.adam(3e-2)
   state, batch, key = _state(tx), _batch(), jax.random.key(1)

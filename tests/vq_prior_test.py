@@ -176,6 +176,7 @@ def small_run(tmp_path_factory):
 
 
 @pytest.mark.integration
+@pytest.mark.learning
 def test_prior_nll_falls_on_real_codes_and_its_samples_decode(small_run):
   config, workdir, metrics = small_run
   saved = json.loads((workdir / 'vq_prior.json').read_text())
@@ -257,6 +258,7 @@ def test_script_smoke_preset_end_to_end_from_a_model_workdir(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_default_preset_generates_from_a_trained_vqvae(tmp_path):
   """Both stages at the default size: the prior beats the code frequencies."""
   metrics = training.train_and_evaluate(vq_prior_config.get_config(), str(tmp_path))

@@ -17,6 +17,9 @@ Each function takes a model, its variables and numpy images; see the modules:
   known factors (`ae_jax.data.shapes`); `tcvae`: the β-TCVAE objective;
 - `inpainting`: random-pixel and box masks, mean fill, iterative decoder
   fill, latent optimisation for VAEs, PSNR on the missing region;
+- `overcomplete`: whether an overcomplete autoencoder copies (perturbation
+  kept, noise with the data's statistics reconstructed, a linear probe of
+  its codes against the raw pixels);
 - `vq_prior`: a gated PixelCNN prior over a VQ-VAE's code grids, trained on
   the frozen encoder's codes, sampled and decoded;
 - `common`: batched inference (`map_batches`) and a run's config helpers.
@@ -40,6 +43,7 @@ from ae_jax.applications import disentanglement
 from ae_jax.applications import embedding
 from ae_jax.applications import inpainting
 from ae_jax.applications import latent
+from ae_jax.applications import overcomplete
 from ae_jax.applications import tcvae
 from ae_jax.applications import vq_prior
 from ae_jax.applications.anomaly import anomaly_scores

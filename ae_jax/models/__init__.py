@@ -2,6 +2,7 @@
 
 from ae_jax.models.aae import AAE
 from ae_jax.models.aae import AAEOutput
+from ae_jax.models.aae import SemiSupervisedAAE
 from ae_jax.models.autoencoder import AEOutput
 from ae_jax.models.autoencoder import MLPAutoencoder
 from ae_jax.models.conv import ConvAutoencoder
@@ -23,6 +24,7 @@ from ae_jax.models.vqvae import VQVAEOutput
 __all__ = [
     'AAE',
     'AAEOutput',
+    'SemiSupervisedAAE',
     'AEOutput',
     'ConvAutoencoder',
     'ConvVAE',

@@ -1,5 +1,6 @@
 """Adversarial autoencoder: MLP encoder and decoder, MLP discriminator on codes,
-and the prior the codes are matched to.
+and the prior the codes are matched to; and the semi-supervised AAE (a class
+code and a style code, one discriminator each).
 
 Shape letters: B batch, D flattened input size, Z latent, K classes (and
 mixture components), N sample count.
@@ -228,3 +229,124 @@ class Prior:
     stds = jnp.asarray(self._stds_Z())
     log_normal = -0.5 * jnp.sum((e / stds)**2 + log_2pi + 2 * jnp.log(stds), -1)  # [N, K]
     return jax.nn.logsumexp(log_normal, -1) - math.log(self.num_components)
+
+
+class SemiSupervisedCode(flax.struct.PyTreeNode):
+  """The two codes of a semi-supervised AAE.
+
+  Attributes:
+    y_logits: class logits of q(y|x), [B, K]; softmax(y_logits) is the
+      categorical code the decoder and the categorical discriminator see.
+    z: continuous style code, [B, Z].
+  """
+  y_logits: Array
+  z: Array
+
+
+class SemiSupervisedAAEOutput(flax.struct.PyTreeNode):
+  """Output of a semi-supervised AAE.
+
+  Attributes:
+    logits: decoder output before the sigmoid, with the model input's shape.
+    code: the class logits and style code of the input.
+    disc_y_logits: categorical discriminator's logit that softmax(y) is a
+      one-hot prior sample, [B].
+    disc_z_logits: style discriminator's logit that z is a N(0, I) sample, [B].
+  """
+  logits: Array
+  code: SemiSupervisedCode
+  disc_y_logits: Array
+  disc_z_logits: Array
+
+
+class SemiSupervisedAAE(nn.Module):
+  """Adversarial autoencoder with a categorical class code and a continuous style.
+
+  A shared trunk D -> hidden maps the input to two heads: class logits
+  (q(y|x) = softmax, K classes) and a deterministic style z (Z). The decoder
+  reconstructs from [softmax(y), z] (K + Z -> reversed(hidden) -> D). Two
+  discriminators, (K -> disc_hidden -> 1) and (Z -> disc_hidden -> 1),
+  tell the codes of data from samples of a categorical prior (one-hot
+  vectors, classes uniform) and of N(0, I); the encoder, as the generator,
+  learns to fool both. A fourth, supervised phase trains q(y|x) (trunk and
+  class head) by cross-entropy on labelled examples.
+
+  Parameters: `trunk`, `y_head`, `z_head`, `decoder`, `disc_y`, `disc_z`;
+  the step of `ae_jax.recipes.ssaae` updates them by phase, each phase with
+  its own optimizer.
+
+  Attributes:
+    input_dim: D.
+    hidden: trunk hidden sizes (the decoder uses them reversed).
+    latent_dim: Z, the style code's size.
+    num_classes: K.
+    disc_hidden: hidden sizes of both discriminators.
+    activation: hidden activation name (see `ae_jax.layers.get_activation`).
+
+  References:
+    Makhzani, Shlens, Jaitly, Goodfellow & Frey, "Adversarial Autoencoders",
+    2015, section 5 (semi-supervised adversarial autoencoders),
+    https://arxiv.org/abs/1511.05644.
+  """
+  input_dim: int = 784
+  hidden: Sequence[int] = (1000, 1000)
+  latent_dim: int = 10
+  num_classes: int = 10
+  disc_hidden: Sequence[int] = (1000, 1000)
+  activation: str = 'relu'
+
+  def setup(self):
+    if self.latent_dim <= 0:
+      raise ValueError(f'latent_dim must be > 0, got {self.latent_dim}.')
+    if self.num_classes < 2:
+      raise ValueError(f'num_classes must be >= 2, got {self.num_classes}.')
+    if not self.hidden:
+      raise ValueError('hidden must name at least one trunk layer.')
+    self.trunk = layers.MLP(tuple(self.hidden), activation=self.activation,
+                            final_activation=self.activation)
+    self.y_head = nn.Dense(self.num_classes)
+    self.z_head = nn.Dense(self.latent_dim)
+    self.decoder = layers.MLP(tuple(reversed(self.hidden)) + (self.input_dim,),
+                              activation=self.activation)
+    self.disc_y = layers.MLP(tuple(self.disc_hidden) + (1,), activation=self.activation)
+    self.disc_z = layers.MLP(tuple(self.disc_hidden) + (1,), activation=self.activation)
+
+  def _features(self, x: Array) -> Array:
+    x_BxD = x.reshape(x.shape[0], -1)
+    if x_BxD.shape[1] != self.input_dim:
+      raise ValueError(f'Input flattens to {x_BxD.shape[1]} features, expected '
+                       f'input_dim={self.input_dim}.')
+    return self.trunk(x_BxD)
+
+  def encode(self, x: Array) -> SemiSupervisedCode:
+    """Class logits [B, K] and style [B, Z] of inputs [B, ...]."""
+    h = self._features(x)
+    return SemiSupervisedCode(y_logits=self.y_head(h), z=self.z_head(h))
+
+  def classify(self, x: Array) -> Array:
+    """Class logits [B, K] of q(y|x) (trunk and class head only)."""
+    return self.y_head(self._features(x))
+
+  def decode(self, y: Array, z: Array) -> Array:
+    """Flat logits [B, D] of class vectors y [B, K] (softmax or one-hot) and styles z [B, Z]."""
+    if y.ndim != 2 or y.shape[1] != self.num_classes:
+      raise ValueError(f'Expected class vectors [B, {self.num_classes}], got {y.shape}.')
+    if z.ndim != 2 or z.shape[1] != self.latent_dim:
+      raise ValueError(f'Expected styles [B, {self.latent_dim}], got {z.shape}.')
+    return self.decoder(jnp.concatenate([y, z], -1))
+
+  def discriminate_y(self, y: Array) -> Array:
+    """Logit [B] that class vectors y [B, K] are one-hot prior samples."""
+    return self.disc_y(y)[:, 0]
+
+  def discriminate_z(self, z: Array) -> Array:
+    """Logit [B] that styles z [B, Z] are N(0, I) samples."""
+    return self.disc_z(z)[:, 0]
+
+  def __call__(self, x: Array) -> SemiSupervisedAAEOutput:
+    """Encodes, decodes and scores both codes (every part, so `init` makes every parameter)."""
+    code = self.encode(x)
+    y = jax.nn.softmax(code.y_logits, -1)
+    return SemiSupervisedAAEOutput(
+        logits=self.decode(y, code.z).reshape(x.shape), code=code,
+        disc_y_logits=self.discriminate_y(y), disc_z_logits=self.discriminate_z(code.z))

@@ -15,12 +15,21 @@ z_{i+1} by precision weighting (`precision_weighted_merge`):
   σ²_q,i = 1 / (σ̂⁻²_i + σ⁻²_p,i),  μ_q,i = (μ̂_i σ̂⁻²_i + μ_p,i σ⁻²_p,i) σ²_q,i.
 
 The posterior q(z | x) = q(z_L | x) ∏_i q(z_i | z_{i+1}, x) and the prior
-share the top-down path's parameters, as in the paper. Batch normalization
-is left out (the models here carry no mutable state); the KL warm-up of the
-objective (`ae_jax.objectives.make_ladder_vae_objective`) does the job the
-paper gives to warm-up, and free bits can stop layers from collapsing.
-Variances are σ² = softplus(·) + `min_variance`, as in the paper (whose σ
-used a softplus too), which keeps log σ² finite.
+share the top-down path's parameters, as in the paper. Variances are
+σ² = softplus(·) + `min_variance`, as in the paper (whose σ used a softplus
+too), which keeps log σ² finite.
+
+Normalisation (`normalization`): the paper puts batch normalisation in every
+deterministic layer (Dense → BN → activation) of the bottom-up path, the
+top-down path and the decoder, not in the Gaussian heads nor the decoder's
+output; with KL warm-up it is one of the two remedies that keep the upper
+layers active (Sønderby et al. Sec. 2.3, Table 2). 'batch' does that: the
+statistics are the minibatch's when called with `train=True` (which needs
+`mutable=['batch_stats']` and returns the updated running averages) and the
+running averages otherwise, so every method other than a training call is a
+deterministic function of one example (what importance sampling needs).
+'layer' puts layer normalisation in the same places (no state, not the
+paper's); 'none' (the class default) none at all.
 
 Shape letters: B batch, D flattened input size, Z_i latent size of layer i
 (layer 0 is the bottom one, z_1 in the paper's numbering), L layers.
@@ -111,6 +120,45 @@ class _GaussianHead(nn.Module):
     return mean, jnp.log(variance)
 
 
+NORMALIZATIONS = ('none', 'batch', 'layer')
+
+
+class _Block(nn.Module):
+  """Dense layers `features`, each followed by the normalisation and the activation.
+
+  The last layer is left linear and unnormalised when `linear_output`. Dense
+  parameters are `layers_{i}` (as in `layers.MLP`, so a model without
+  normalisation keeps `layers.MLP`'s parameter tree), normalisers `norms_{i}`.
+  """
+  features: Sequence[int]
+  activation: str
+  normalization: str = 'none'
+  linear_output: bool = False
+  momentum: float = 0.99
+
+  def setup(self):
+    self.layers = [nn.Dense(f) for f in self.features]
+    num_normed = len(self.features) - int(self.linear_output)
+    if self.normalization == 'batch':
+      self.norms = [nn.BatchNorm(momentum=self.momentum) for _ in range(num_normed)]
+    elif self.normalization == 'layer':
+      self.norms = [nn.LayerNorm() for _ in range(num_normed)]
+
+  def __call__(self, h: Array, train: bool = False) -> Array:
+    act = layers.get_activation(self.activation)
+    last = len(self.features) - 1
+    for i, dense in enumerate(self.layers):
+      h = dense(h)
+      if i == last and self.linear_output:
+        break
+      if self.normalization == 'batch':
+        h = self.norms[i](h, use_running_average=not train)
+      elif self.normalization == 'layer':
+        h = self.norms[i](h)
+      h = act(h)
+    return h
+
+
 class LadderVAE(nn.Module):
   """Ladder VAE with MLP blocks: x -> d_1 -> ... -> d_L bottom-up, z_L -> ... -> z_1 -> x.
 
@@ -135,6 +183,10 @@ class LadderVAE(nn.Module):
     layers_per_block: Dense layers in each deterministic block.
     activation: hidden activation name (the paper: leaky ReLU).
     min_variance: floor added to every softplus variance.
+    normalization: 'none', 'batch' (the paper's) or 'layer', in every
+      deterministic layer; see the module docstring. 'batch' adds the
+      'batch_stats' collection.
+    norm_momentum: the running averages' decay with 'batch'.
 
   References:
     Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016,
@@ -147,6 +199,8 @@ class LadderVAE(nn.Module):
   layers_per_block: int = 2
   activation: str = 'leaky_relu'
   min_variance: float = 1e-4
+  normalization: str = 'none'
+  norm_momentum: float = 0.99
 
   def setup(self):
     if len(self.hidden) != len(self.latent_dims):
@@ -161,16 +215,21 @@ class LadderVAE(nn.Module):
       raise ValueError(f'layers_per_block must be >= 1, got {self.layers_per_block}.')
     if self.min_variance <= 0:
       raise ValueError(f'min_variance must be > 0, got {self.min_variance}.')
-    block = lambda width: layers.MLP((width,) * self.layers_per_block, activation=self.activation,
-                                    final_activation=self.activation)
+    if self.normalization not in NORMALIZATIONS:
+      raise ValueError(f'normalization={self.normalization!r}; expected one of {NORMALIZATIONS}.')
+    if not 0.0 <= self.norm_momentum < 1.0:
+      raise ValueError(f'norm_momentum must be in [0, 1), got {self.norm_momentum}.')
+    block = lambda width: _Block((width,) * self.layers_per_block, self.activation,
+                                 self.normalization, momentum=self.norm_momentum)
     num = len(self.latent_dims)
     self.up = [block(h) for h in self.hidden]
     self.up_head = [_GaussianHead(z, self.min_variance) for z in self.latent_dims]
     self.down = [block(self.hidden[i]) for i in range(num - 1)]
     self.down_head = [_GaussianHead(self.latent_dims[i], self.min_variance)
                       for i in range(num - 1)]
-    self.decoder = layers.MLP((self.hidden[0],) * self.layers_per_block + (self.input_dim,),
-                             activation=self.activation, final_activation=None)
+    self.decoder = _Block((self.hidden[0],) * self.layers_per_block + (self.input_dim,),
+                          self.activation, self.normalization, linear_output=True,
+                          momentum=self.norm_momentum)
 
   @property
   def num_layers(self) -> int:
@@ -183,21 +242,30 @@ class LadderVAE(nn.Module):
                        f'input_dim={self.input_dim}.')
     return x_BxD
 
-  def bottom_up(self, x: Array) -> tuple[tuple[Array, Array], ...]:
-    """The deterministic pass: per layer (μ̂_i, log σ̂²_i), each [B, Z_i]."""
+  @property
+  def stateful(self) -> bool:
+    """True iff training updates a collection besides 'params' ('batch_stats')."""
+    return self.normalization == 'batch'
+
+  def bottom_up(self, x: Array, train: bool = False) -> tuple[tuple[Array, Array], ...]:
+    """The deterministic pass: per layer (μ̂_i, log σ̂²_i), each [B, Z_i].
+
+    `train` (here and below): batch normalisation with the minibatch's
+    statistics, updating the running averages; otherwise with the averages.
+    """
     d = self._flatten(x)
     stats = []
     for up, head in zip(self.up, self.up_head):
-      d = up(d)
+      d = up(d, train)
       stats.append(head(d))
     return tuple(stats)
 
-  def prior(self, i: int, z_above: Array) -> tuple[Array, Array]:
+  def prior(self, i: int, z_above: Array, train: bool = False) -> tuple[Array, Array]:
     """(μ_p,i, log σ²_p,i) of p(z_i | z_{i+1}) for layer i < L-1 (0-based)."""
-    return self.down_head[i](self.down[i](z_above))
+    return self.down_head[i](self.down[i](z_above, train))
 
-  def top_down(self, stats: Sequence[tuple[Array, Array]], noise: Sequence[Array]
-               ) -> tuple[tuple[Array, ...], ...]:
+  def top_down(self, stats: Sequence[tuple[Array, Array]], noise: Sequence[Array],
+               train: bool = False) -> tuple[tuple[Array, ...], ...]:
     """Samples z from q(z | x) given the bottom-up `stats` and standard normal `noise`.
 
     Args:
@@ -218,26 +286,29 @@ class LadderVAE(nn.Module):
     p_log_var[top] = jnp.zeros_like(q_mean[top])
     z[top] = q_mean[top] + jnp.exp(0.5 * q_log_var[top]) * noise[top]
     for i in range(top - 1, -1, -1):
-      p_mean[i], p_log_var[i] = self.prior(i, z[i + 1])
+      p_mean[i], p_log_var[i] = self.prior(i, z[i + 1], train)
       q_mean[i], q_log_var[i] = precision_weighted_merge(*stats[i], p_mean[i], p_log_var[i])
       z[i] = q_mean[i] + jnp.exp(0.5 * q_log_var[i]) * noise[i]
     return tuple(z), tuple(q_mean), tuple(q_log_var), tuple(p_mean), tuple(p_log_var)
 
-  def decode(self, z_bottom: Array) -> Array:
+  def decode(self, z_bottom: Array, train: bool = False) -> Array:
     """Flat logits [B, D] of bottom-layer codes z_1 [B, Z_1]."""
-    return self.decoder(z_bottom)
+    return self.decoder(z_bottom, train)
 
   def draw_noise(self, key: Array, batch_size: int) -> tuple[Array, ...]:
     """Standard normal ε_i [B, Z_i] for every layer, one split of `key` per layer."""
     keys = jax.random.split(key, self.num_layers)
     return tuple(jax.random.normal(k, (batch_size, z)) for k, z in zip(keys, self.latent_dims))
 
-  def __call__(self, x: Array, key: Array) -> LadderOutput:
-    """Bottom-up pass, a reparameterized top-down sample drawn with `key`, decoding."""
-    stats = self.bottom_up(x)
+  def __call__(self, x: Array, key: Array, train: bool = False) -> LadderOutput:
+    """Bottom-up pass, a reparameterized top-down sample drawn with `key`, decoding.
+
+    With `train` and batch normalisation, call with `mutable=['batch_stats']`.
+    """
+    stats = self.bottom_up(x, train)
     z, q_mean, q_log_var, p_mean, p_log_var = self.top_down(
-        stats, self.draw_noise(key, x.shape[0]))
-    logits = self.decode(z[0]).reshape(x.shape)
+        stats, self.draw_noise(key, x.shape[0]), train)
+    logits = self.decode(z[0], train).reshape(x.shape)
     return LadderOutput(logits=logits, z=z, q_mean=q_mean, q_log_var=q_log_var,
                         p_mean=p_mean, p_log_var=p_log_var)
 

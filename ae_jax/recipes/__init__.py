@@ -10,6 +10,7 @@ contractive autoencoders; VAE, β-VAE, IWAE) are configs of one recipe.
   ladder        ladder VAE (Sønderby et al. 2016)
   vqvae         VQ-VAE, then a gated PixelCNN prior over its codes (two stages)
   aae           adversarial autoencoder: three optimizers in one step
+  ssaae         semi-supervised AAE (class and style codes) and its supervised baseline
   diffusion_ae  diffusion autoencoder, then a latent DDPM (two stages)
   sequence_vae  GRU sequence VAE on molecules (SMILES / SELFIES tokens)
   denoiser      U-Net denoising autoencoder over a range of noise levels

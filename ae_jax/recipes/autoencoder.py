@@ -65,7 +65,9 @@ def validate(config) -> None:
   if info is not None and latent_dim is not None and latent_dim >= math.prod(info[1]):
     common.warn(f'config.model.latent_dim={latent_dim} >= the {math.prod(info[1])} values of an '
                 f'image of {config.data.name!r}: without a penalty (l1_weight, '
-                'kl_sparsity_weight) this autoencoder can learn the identity.')
+                "kl_sparsity_weight), noise (objective='denoising') or contraction "
+                "(objective='contractive') this autoencoder can learn the identity; "
+                'experiments/overcomplete.py measures it.')
 
 
 def stages(config) -> tuple[str, ...]:

@@ -530,12 +530,14 @@ def schedule(config: ml_collections.ConfigDict) -> Schedule:
 
 def image_batches(config: ml_collections.ConfigDict, split: str, *, batch_size: int,
                   shuffle: bool, start_step: int = 0, drop_remainder: bool = True,
-                  whole_batch: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of `split` of `config.data`: this process's rows unless `whole_batch`."""
+                  whole_batch: bool = False, num_epochs: int | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Batches of `split` of `config.data`: this process's rows unless `whole_batch`;
+  endless unless `num_epochs`."""
   return data_lib.batches(
       config.data.name, split, batch_size=batch_size, seed=config.data.shuffle_seed,
       shuffle=shuffle, drop_remainder=drop_remainder, binarize=config.data.binarize,
-      start_step=start_step, data_dir=config.data.data_dir,
+      start_step=start_step, data_dir=config.data.data_dir, num_epochs=num_epochs,
       process_index=0 if whole_batch else jax.process_index(),
       process_count=1 if whole_batch else jax.process_count())
 
@@ -548,10 +550,11 @@ def train_data(config: ml_collections.ConfigDict) -> Callable[[int], Iterator[di
 
 
 def eval_data(config: ml_collections.ConfigDict) -> Callable[[], Iterator[dict]]:
-  """`eval_data()` over the eval split in order, the last batch padded (mask 0)."""
+  """`eval_data()`: one pass over the eval split in order, the last batch padded
+  (mask 0), so `train.num_eval_batches=None` evaluates the whole split once."""
   return lambda: image_batches(
       config, config.data.eval_split, batch_size=config.data.eval_batch_size, shuffle=False,
-      drop_remainder=False)
+      drop_remainder=False, num_epochs=1)
 
 
 def eval_images(config: ml_collections.ConfigDict, num: int) -> dict[str, np.ndarray]:

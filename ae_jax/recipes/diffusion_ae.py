@@ -22,8 +22,11 @@ sampling needs and a restored prior reads no data (step 0 holds mean 0, std 1).
 
 `finish` measures reconstruction on `config.diffusion.num_eval_examples` test
 images — DDIM encode x_0 → x_T and decode back (`ddim_psnr`), and decode from
-z_sem with a random x_T (`zsem_psnr`), both the mean per-image PSNR in dB of
-the outputs clipped to [0, 1], with the model's `num_ddim_steps` — writes
+z_sem with a random x_T (`zsem_psnr`, and `zsem_psnr_untrained`: the same
+for the untrained model and the same x_T, its baseline; DDIM's round trip is
+exact for any noise predictor, so only z_sem shows learning), each the mean
+per-image PSNR in dB of the outputs clipped to [0, 1], with the model's
+`num_ddim_steps` — writes
 them to workdir/diffusion_metrics.json and draws reconstructions.png,
 interpolation.png (lerp z_sem, slerp x_T), samples.png (with the latent
 stage), latent_map.png (test z_sem), training_curves.png and
@@ -258,7 +261,14 @@ def finish(config, trained, workdir) -> dict[str, float]:
           'way', flush=True)
   out = jax.device_get(diffusion_app.reconstruct(model, variables, x, recon_key))
   ddim, zsem = _psnr(out['ddim'], x), _psnr(out['zsem_only'], x)
-  metrics = {'ddim_psnr': float(ddim[:num].mean()), 'zsem_psnr': float(zsem[:num].mean())}
+  # What z_sem alone gives is the measure of learning; DDIM's round trip is exact
+  # for any noise predictor (the untrained one, ε ≡ 0, too). Its baselines: the
+  # untrained model, decoded from the same x_T.
+  initial = fitted.stage.init(jax.random.key(config.train.seed))
+  initial_variables = {**initial.params, **getattr(initial, 'model_state', {})}
+  untrained = jax.device_get(diffusion_app.reconstruct(model, initial_variables, x, recon_key))
+  metrics = {'ddim_psnr': float(ddim[:num].mean()), 'zsem_psnr': float(zsem[:num].mean()),
+             'zsem_psnr_untrained': float(_psnr(untrained['zsem_only'], x[:num]).mean())}
   if not is_main:
     return metrics
   record = {**metrics, 'step': int(fitted.state.step), 'num_eval_examples': min(num, len(x)),

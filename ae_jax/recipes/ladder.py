@@ -1,11 +1,13 @@
 """The ladder VAE: a hierarchy of stochastic layers with a precision-weighted merge.
 
-`config.model` holds `LadderVAE`'s fields (name 'ladder_vae'); `config.loss`
-the hyperparameters of `objectives.make_ladder_vae_objective` (KL warm-up,
-free bits, ELBO or IWAE). One stage, 'model'. Figures: reconstructions from
-posterior samples, ancestral samples z_L → … → z_1 → x, the map of the top
-layer's posterior means, the KL of each layer (kl_per_layer.png) and the
-training curves.
+`config.model` holds `LadderVAE`'s fields (name 'ladder_vae', normalisation
+included; with 'batch' the train state carries the 'batch_stats' collection
+as model state, the objective being stateful); `config.loss` the
+hyperparameters of `objectives.make_ladder_vae_objective` (KL warm-up, free
+bits per layer or per unit, KL balancing, ELBO or IWAE). One stage,
+'model'. Figures: reconstructions from posterior samples, ancestral samples
+z_L → … → z_1 → x, the map of the top layer's posterior means, the KL of
+each layer (kl_per_layer.png) and the training curves.
 
 References:
   Sønderby, Raiko, Maaløe, Sønderby & Winther, "Ladder Variational
@@ -35,10 +37,11 @@ def _model_and_objective(config):
 
 def validate(config) -> None:
   common.validate_sections(config)
-  _model_and_objective(config)
   if config.loss.get('objective', 'elbo') == 'iwae':
-    common.check_unused(config, {'loss.active_threshold': "objective='iwae' does not read it"},
+    common.check_unused(config, {'loss.active_threshold': "objective='iwae' does not read it",
+                                 'loss.free_bits_group': "objective='iwae' has no free bits"},
                         common.defaults_of(objectives.make_ladder_vae_objective))
+  _model_and_objective(config)
 
 
 def stages(config) -> tuple[str, ...]:

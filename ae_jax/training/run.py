@@ -189,6 +189,7 @@ RESUMABLE_FIELDS = (
     '*decay_steps', '*weight_decay', '*momentum', 'loss.*', 'prior.temperatures',
     'prior.num_samples', 'diffusion.num_eval_examples', 'diffusion.num_interpolation_points',
     'diffusion.num_samples', 'diffusion.latent.num_sampling_steps', 'molecules.*',
+    'overcomplete.*',
     # Model fields that shape no parameter: DDIM sampling steps, the EMA codebook's rates.
     'model.num_ddim_steps', 'model.decay', 'model.epsilon',
 )
