@@ -371,7 +371,6 @@ def latent_run(tiny, tmp_path_factory):
   return config, encoder, stage, training.fit(stage, str(workdir)), workdir
 
 
-@pytest.mark.learning
 def test_latent_stage_fits_the_frozen_codes_and_keeps_their_normalisation(tiny, latent_run):
   model, variables, _ = tiny
   config, _, stage, fitted, workdir = latent_run
