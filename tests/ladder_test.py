@@ -194,9 +194,11 @@ def test_batch_norm_block_normalises_each_unit_over_the_batch_then_uses_running_
   # By hand in float64: Dense -> (h - batch mean) / sqrt(batch var + 1e-5) (scale 1,
   # bias 0 at init) -> leaky ReLU, twice; running averages m·old + (1 - m)·batch.
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables['params'])
+  # The Dense layers before batch norm have no bias (it would cancel).
+  assert all('bias' not in p[f'layers_{i}'] for i in range(2)), p.keys()
   h, stats_ = np.asarray(x, np.float64), []
   for i in range(2):
-    u = h @ p[f'layers_{i}']['kernel'] + p[f'layers_{i}']['bias']
+    u = h @ p[f'layers_{i}']['kernel']
     stats_.append((u.mean(0), u.var(0)))
     h = _leaky((u - u.mean(0)) / np.sqrt(u.var(0) + 1e-5))
   np.testing.assert_allclose(y, h, rtol=1e-4, atol=1e-5)
@@ -212,7 +214,7 @@ def test_batch_norm_block_normalises_each_unit_over_the_batch_then_uses_running_
   np.testing.assert_allclose(apply(trained, x[:3]), full[:3], rtol=1e-5, atol=1e-6)
   h = np.asarray(x, np.float64)
   for i in range(2):
-    u = h @ p[f'layers_{i}']['kernel'] + p[f'layers_{i}']['bias']
+    u = h @ p[f'layers_{i}']['kernel']
     ra = new_state['batch_stats'][f'norms_{i}']
     h = _leaky((u - np.asarray(ra['mean'])) / np.sqrt(np.asarray(ra['var']) + 1e-5))
   np.testing.assert_allclose(full, h, rtol=1e-4, atol=1e-5)

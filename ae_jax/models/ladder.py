@@ -129,6 +129,7 @@ class _Block(nn.Module):
   The last layer is left linear and unnormalised when `linear_output`. Dense
   parameters are `layers_{i}` (as in `layers.MLP`, so a model without
   normalisation keeps `layers.MLP`'s parameter tree), normalisers `norms_{i}`.
+  With 'batch' the normalised Dense layers have no bias (it would be redundant).
   """
   features: Sequence[int]
   activation: str
@@ -137,8 +138,13 @@ class _Block(nn.Module):
   momentum: float = 0.99
 
   def setup(self):
-    self.layers = [nn.Dense(f) for f in self.features]
     num_normed = len(self.features) - int(self.linear_output)
+    # Batch normalisation subtracts each unit's batch mean, so a Dense bias before it
+    # has no effect and a zero gradient up to rounding, which Adam would turn into
+    # steps of the full learning rate: those layers have none (BatchNorm's own bias
+    # takes its place).
+    self.layers = [nn.Dense(f, use_bias=not (self.normalization == 'batch' and i < num_normed))
+                   for i, f in enumerate(self.features)]
     if self.normalization == 'batch':
       self.norms = [nn.BatchNorm(momentum=self.momentum) for _ in range(num_normed)]
     elif self.normalization == 'layer':
