@@ -22,6 +22,8 @@ import optax
 import pytest
 from scipy import stats
 
+import _baselines
+
 from ae_jax import data
 from ae_jax import losses
 from ae_jax import models
@@ -417,15 +419,6 @@ def test_pmap_step_on_two_devices_equals_the_one_device_step(tmp_path):
 # ----------------------------------------------------------------------------
 
 
-def _mean_image_recon(train_x: np.ndarray, test_x: np.ndarray) -> float:
-  """The Bernoulli reconstruction loss (nats per image) of predicting the mean training
-  image for every test image: the trivial baseline a learnt reconstruction must beat."""
-  mean = np.clip(train_x.mean(0, keepdims=True), 1e-4, 1 - 1e-4)
-  logits = jnp.broadcast_to(jnp.asarray(np.log(mean) - np.log1p(-mean)), test_x.shape)
-  return float(jnp.mean(objectives.reconstruction_loss(logits, jnp.asarray(test_x),
-                                                        kind='bernoulli')))
-
-
 @pytest.mark.integration
 @pytest.mark.learning
 def test_recon_falls_and_codes_approach_the_prior_on_mnist():
@@ -438,7 +431,7 @@ def test_recon_falls_and_codes_approach_the_prior_on_mnist():
   step = jax.jit(stage.train_step, donate_argnums=(0,))
   test_x, _ = data.load_arrays('mnist5k', 'test')
   test_batch = {'image': jnp.asarray(test_x)}
-  mean_image = _mean_image_recon(data.load_arrays('mnist5k', 'train')[0], test_x)
+  mean_image = _baselines.mean_image_bernoulli_nll(data.load_arrays('mnist5k', 'train')[0], test_x)
   state = jax.jit(stage.init)(jax.random.key(0))
   eval_key = jax.random.key(1)
   before = evaluate(state, test_batch, eval_key)

@@ -11,6 +11,8 @@ import optax
 import pytest
 from scipy import stats
 
+import _baselines
+
 from ae_jax import likelihood
 from ae_jax import losses
 from ae_jax import models
@@ -346,14 +348,6 @@ def test_bad_inputs_and_settings_name_the_problem(small_ladder):
     objectives.make_ladder_vae_objective(model, objective='iwae', num_samples=3, free_bits=1.0)
 
 
-def _mean_image_nll(train_x: np.ndarray, test_x: np.ndarray) -> float:
-  """Bernoulli NLL (nats per image) of `test_x` under the per-pixel mean of `train_x`,
-  clipped to [1e-4, 1 - 1e-4]: the best a model whose decoder ignores x can do."""
-  p = np.clip(np.asarray(train_x, np.float64).reshape(len(train_x), -1).mean(0), 1e-4, 1 - 1e-4)
-  t = np.asarray(test_x, np.float64).reshape(len(test_x), -1)
-  return float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).sum(1).mean())
-
-
 def _train_small_ladder(train_x, steps, *, seed=0, **kwargs):
   model_kwargs = {k: kwargs.pop(k) for k in ('normalization',) if k in kwargs}
   model = models.LadderVAE(**SMALL, **model_kwargs)
@@ -382,7 +376,7 @@ def test_ladder_beats_the_mean_image_on_real_digits():
   """
   images = binary_mnist5k(2000, seed=1)
   train_x, test_x = images[:1744], jnp.asarray(images[1744:])
-  baseline = _mean_image_nll(train_x, test_x)
+  baseline = _baselines.mean_image_bernoulli_nll(train_x, test_x)
   model, variables = _train_small_ladder(train_x, 300, warmup_steps=100)
   eval_objective = objectives.make_ladder_vae_objective(model)
   after = eval_objective(variables, {'image': test_x}, jax.random.key(9))[1]
@@ -404,7 +398,7 @@ def test_batch_norm_and_warm_up_keep_every_layer_active_on_real_digits():
   """
   images = binary_mnist5k(2000, seed=1)
   train_x, test_x = images[:1744], jnp.asarray(images[1744:])
-  baseline = _mean_image_nll(train_x, test_x)
+  baseline = _baselines.mean_image_bernoulli_nll(train_x, test_x)
   model, variables = _train_small_ladder(train_x, 600, warmup_steps=300, normalization='batch')
   _, (m, _) = objectives.make_ladder_vae_objective(model)(
       {'params': variables['params']}, {'image': test_x}, jax.random.key(9),
