@@ -155,7 +155,7 @@ def conv_encoder_sizes(
 
 
 class ConvEncoder(nn.Module):
-  """Strided 'SAME' convolutions, each followed by an activation.
+  """Strided 'SAME' convolutions (`Conv`), each followed by an activation.
 
   Attributes:
     channels: output channels of each convolution.
@@ -178,7 +178,7 @@ class ConvEncoder(nn.Module):
     act = get_activation(self.activation)
     k, s = self.kernel_size, self.stride
     for i, c in enumerate(self.channels):
-      x = nn.Conv(c, (k, k), strides=(s, s), padding='SAME')(x)
+      x = Conv(c, (k, k), strides=(s, s), padding='SAME')(x)
       if i < len(self.channels) - 1 or self.activate_final:
         x = act(x)
     return x
@@ -258,14 +258,26 @@ def _valid_conv_kernel_grad(inp: Array, cot: Array, kernel_size: tuple[int, ...]
   return w.reshape(tuple(kernel_size) + (c_in, c_out))
 
 
+def _uses_products(kernel_size: Sequence[int], c_out: int) -> bool:
+  """Whether `conv`'s kernel gradient is faster as `_valid_conv_kernel_grad`'s products.
+
+  Measured per layer at batch 128 on 2 CPU cores (see `conv`): the products
+  win for 1x1 kernels and for a few output channels (32 -> 1: 2.3x); XLA's
+  own backward-filter convolution wins everywhere else (64 -> 64 3x3: 2.3x).
+  """
+  return all(k == 1 for k in kernel_size) or c_out <= 4
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv(x: Array, kernel: Array, strides: tuple[int, ...],
          padding: str | tuple[tuple[int, int], ...]) -> Array:
-  """`lax.conv_general_dilated` (channels last, no dilation) with a fast kernel gradient.
+  """`lax.conv_general_dilated` (channels last, no dilation) with a chosen kernel gradient.
 
-  The output is the convolution `flax.linen.Conv` computes; the kernel
-  gradient is `_valid_conv_kernel_grad` of the padded input, the same
-  numbers as JAX's rule computed as matrix products (see there).
+  The output and the input gradient are JAX's. The kernel gradient is
+  `_valid_conv_kernel_grad` of the padded input (matrix products) for 1x1
+  kernels and for at most 4 output channels, where XLA:CPU's backward-filter
+  convolution is slow, and that convolution itself otherwise: the same
+  numbers either way.
 
   Args:
     x: inputs [B, *spatial, C_in].
@@ -287,10 +299,13 @@ def _conv_fwd(x, kernel, strides, padding):
 def _conv_bwd(strides, padding, residuals, g):
   x, kernel = residuals
   dn = _dimension_numbers(x.ndim - 2)
-  (dx,) = jax.linear_transpose(
-      lambda x: lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dn),
-      x)(g)
+  forward = lambda x, kernel: lax.conv_general_dilated(x, kernel, strides, padding,
+                                                       dimension_numbers=dn)
+  (dx,) = jax.linear_transpose(lambda x: forward(x, kernel), x)(g)
   kernel_size = kernel.shape[:-2]
+  if not _uses_products(kernel_size, kernel.shape[-1]):
+    (dkernel,) = jax.linear_transpose(lambda k: forward(x, k), kernel)(g)
+    return dx, dkernel
   pads = (lax.padtype_to_pads(x.shape[1:-1], kernel_size, strides, padding)
           if isinstance(padding, str) else padding)
   widths = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)]
@@ -315,7 +330,8 @@ def conv_transpose(x: Array, kernel: Array, strides: tuple[int, ...],
   than the rest of the layer; jax-ml/jax#23783). Here the kernel gradient is
   instead the kernel gradient of an ordinary strided convolution of the output
   gradient, whose kernel is the transposed one flipped: the same numbers,
-  computed the way XLA computes every strided convolution's gradient.
+  computed by the backward-filter convolution XLA runs for every strided
+  convolution.
 
   Args:
     x: inputs [B, *spatial, C_in].
@@ -355,12 +371,42 @@ def _conv_transpose_bwd(strides, padding, residuals, g):
     widths.append((left, s * (a - 1) + k - n - left, 0))
   widths.append((0, 0, 0))
   g_pad = lax.pad(g, jnp.zeros((), g.dtype), widths)
-  v = _valid_conv_kernel_grad(g_pad, x, kernel_size, strides)
+  c_in, c_out = kernel.shape[-2:]
+  if _uses_products(kernel_size, c_in):
+    v = _valid_conv_kernel_grad(g_pad, x, kernel_size, strides)
+  else:
+    v_shape = jax.ShapeDtypeStruct(tuple(kernel_size) + (c_out, c_in), kernel.dtype)
+    (v,) = jax.linear_transpose(
+        lambda v: lax.conv_general_dilated(g_pad, v, strides, 'VALID', dimension_numbers=dn),
+        v_shape)(x)
   dkernel = jnp.flip(v, tuple(range(len(kernel_size)))).swapaxes(-1, -2)
   return dx, dkernel.astype(kernel.dtype)
 
 
 conv_transpose.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
+
+
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+  """`y + bias` over the last axis, whose bias gradient is one matrix product.
+
+  JAX's gradient of the broadcast is a sum over every other axis, which
+  XLA:CPU runs as a tree of reduce-windows several times slower than
+  `ones[1, rows] @ g[rows, C]`.
+  """
+  return y + bias
+
+
+def _add_bias_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, g):
+  rows = g.reshape(-1, g.shape[-1])
+  return g, (jnp.ones((1, rows.shape[0]), g.dtype) @ rows)[0]
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def _canonical_conv_args(kernel_size, strides, padding, x: Array, layer: str):
@@ -403,17 +449,15 @@ class _FastConv(nn.Module):
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = fn(x, kernel, strides, padding)
-    return y if bias is None else y + bias
+    return y if bias is None else add_bias(y, bias)
 
 
 class Conv(_FastConv):
-  """`flax.linen.Conv` with the kernel gradient of `conv` (matrix products).
+  """`flax.linen.Conv` with the kernel gradient of `conv` and the bias gradient of `add_bias`.
 
-  On XLA:CPU this gradient is faster than JAX's for 1x1 kernels, for few
-  output channels (32 -> 1: 2.3x) and for few input channels (16 -> 64,
-  3x3: 1.8x), and slower for the others (strided 4x4 or 3x3 convolutions
-  with 32 or more channels: 0.6-0.9x; measured per layer at batch 128 on 2
-  cores), so the models use it for those layers only and `nn.Conv` elsewhere.
+  Every convolution of the image models' encoders and decoders is this one:
+  on XLA:CPU its gradients are faster than JAX's (`experiments/bench.py
+  --torch` measures the whole steps).
 
   Same parameters (`kernel` [*kernel_size, C_in, features], `bias`
   [features]), initializers and outputs as `nn.Conv` with no dilation and
@@ -440,7 +484,7 @@ class Conv(_FastConv):
 
 
 class ConvTranspose(_FastConv):
-  """`flax.linen.ConvTranspose` with the fast kernel gradient of `conv_transpose`.
+  """`flax.linen.ConvTranspose` with the kernel gradient of `conv_transpose`, bias as `Conv`.
 
   Same parameters, initializers and outputs as `nn.ConvTranspose` with its
   defaults (no kernel dilation, `transpose_kernel=False`), so either
@@ -525,9 +569,9 @@ class ResidualStack(nn.Module):
     channels = x.shape[-1]
     for _ in range(self.num_blocks):
       h = nn.relu(x)
-      h = nn.Conv(self.hidden_channels, (3, 3), padding='SAME')(h)
+      h = Conv(self.hidden_channels, (3, 3), padding='SAME')(h)
       h = nn.relu(h)
-      h = Conv(channels, (1, 1))(h)  # The 1x1: its kernel gradient is faster here.
+      h = Conv(channels, (1, 1))(h)
       x = x + h
     return nn.relu(x)
 

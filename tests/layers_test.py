@@ -186,7 +186,8 @@ class FastConvolutionTest(parameterized.TestCase):
       layers.Conv(4, (3, 3)).init(jax.random.key(0), jnp.ones((5, 5, 3)))
 
   def test_decoders_use_the_fast_layer(self):
-    """Every transposed convolution the image models call is layers.ConvTranspose."""
+    """Every transposed convolution the image models call is layers.ConvTranspose,
+    and every convolution of the conv AE, conv VAE and VQ-VAE is layers.Conv."""
     from ae_jax import models  # pylint: disable=g-import-not-at-top
     called = []
 
@@ -197,10 +198,14 @@ class FastConvolutionTest(parameterized.TestCase):
     image = jnp.ones((1, 28, 28, 1))
     for model, args in [(models.ConvAutoencoder(), (image,)),
                         (models.ConvVAE(), (image, jax.random.key(0))),
-                        (models.VQVAE(), (image,)),
-                        (models.UNetDenoiser(), (image,))]:
+                        (models.VQVAE(), (image,))]:
       with nn.intercept_methods(record):
         jax.eval_shape(model.init, jax.random.key(0), *args)
+    assert layers.Conv in called and layers.ConvTranspose in called
+    assert nn.Conv not in called and nn.ConvTranspose not in called
+    called.clear()
+    with nn.intercept_methods(record):
+      jax.eval_shape(models.UNetDenoiser().init, jax.random.key(0), image)
     assert layers.ConvTranspose in called
     assert nn.ConvTranspose not in called
 

@@ -77,7 +77,6 @@ class ConvAutoencoder(nn.Module):
     self.decoder = layers.ConvDecoder(
         tuple(reversed(self.channels)), output_shapes=sizes[-2::-1],
         kernel_size=self.kernel_size, activation=self.activation)
-    # Few output channels: layers.Conv's kernel gradient is the faster one.
     self.output = layers.Conv(self.image_shape[2],
                               (self.kernel_size, self.kernel_size), padding='SAME')
 

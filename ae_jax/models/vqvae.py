@@ -94,10 +94,9 @@ class VQVAE(nn.Module):
     half = max(self.hidden_channels // 2, 1)
     self.encoder_convs = layers.ConvEncoder(
         (half, self.hidden_channels), kernel_size=4)
-    self.encoder_conv = nn.Conv(self.hidden_channels, (3, 3), padding='SAME')
+    self.encoder_conv = layers.Conv(self.hidden_channels, (3, 3), padding='SAME')
     self.encoder_res = layers.ResidualStack(self.num_res_blocks,
                                            self.res_channels)
-    # 1x1 and D -> hidden: layers.Conv's kernel gradients are the faster ones.
     self.pre_quantization = layers.Conv(self.code_dim, (1, 1))
     if self.ema:
       self.quantizer = layers.VectorQuantizerEMA(
