@@ -99,7 +99,8 @@ class Stage:
     train_data: `train_data(start_step)` iterates over the batches of steps
       start_step + 1, start_step + 2, ... (this process's rows of each global
       batch), a function of the step alone so that a resumed run sees the data
-      an uninterrupted one would.
+      an uninterrupted one would. The loop may place a batch's numpy arrays on
+      the device without copying them: never write into a batch once yielded.
     schedule: steps, logging, evaluation and checkpoints.
     seed: the stage's PRNG seed: `key(seed)` splits into init, train and eval keys.
     eval_step: pure `(state, batch, key) -> metrics`, or None.

@@ -98,6 +98,26 @@ def _to_host(metrics: Mapping[str, Any]) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
 
 
+class _MetricVector:
+  """A train step whose metrics come back as one float32 vector, and their names.
+
+  Reading one array costs the host about 1 us; reading a dict of scalars,
+  one transfer each, about 40 us, every step.
+  """
+
+  def __init__(self, train_step):
+    self._train_step = train_step
+    self.names: tuple[str, ...] = ()
+
+  def __call__(self, state, batch, key):
+    state, metrics = self._train_step(state, batch, key)
+    self.names = tuple(sorted(metrics))  # Set while tracing.
+    return state, jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in self.names])
+
+  def to_host(self, vector) -> dict[str, float]:
+    return dict(zip(self.names, np.asarray(vector).tolist()))
+
+
 def check_finite(step: int, metrics: Mapping[str, float], *, split: str = 'train',
                  stage: str = '') -> None:
   """Raises `TrainingDivergedError` if a metric is NaN or Inf, naming step and terms."""
@@ -200,20 +220,22 @@ class _Placement:
       raise ValueError(f'num_devices={num_devices}: a multi-process run uses all '
                        f'{jax.device_count()} devices.')
     self.multi = num_devices > 1
+    self.metrics = _MetricVector(stage.train_step)
     if self.multi:
       mesh = parallel.make_mesh(num_devices)
       self.replicated = parallel.replicated_sharding(mesh)
-      self.train_step = parallel.shard_train_step(stage.train_step, mesh)
+      self.train_step = parallel.shard_train_step(self.metrics, mesh)
       self.eval_step = (parallel.shard_eval_step(stage.eval_step, mesh)
                         if stage.eval_step else None)
       self.put = lambda batch: parallel.shard_batch(batch, mesh)
     else:
       self.replicated = None
       options = train.compiler_options()
-      self.train_step = jax.jit(stage.train_step, donate_argnums=(0,), compiler_options=options)
+      self.train_step = jax.jit(self.metrics, donate_argnums=(0,), compiler_options=options)
       self.eval_step = (jax.jit(stage.eval_step, compiler_options=options)
                         if stage.eval_step else None)
-      self.put = lambda batch: jax.tree.map(jnp.asarray, batch)
+      # One call for the whole batch; the pipeline's aligned arrays are not copied.
+      self.put = jax.device_put
 
   def state(self, state):
     if not self.multi:
@@ -335,7 +357,7 @@ def _fit(stage: Stage, workdir: str, *, handle_preemption: bool, faults: str | N
                          dynamic_ncols=True)
 
   def finish_step(step: int, metrics) -> None:
-    host = _to_host(metrics)
+    host = place.metrics.to_host(metrics)
     check_finite(step, host, stage=stage.name)
     if progress is not None:
       progress.update(step - progress.n)
