@@ -711,6 +711,88 @@ def contractive_penalty_estimate(
   return jnp.mean(jax.vmap(squared_norm)(probes), axis=0)
 
 
+def rademacher(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+  """Independent ±1 entries, each sign with probability 1/2, from packed random bits.
+
+  Each 32-bit word of `jax.random.bits` gives 32 signs, so a [B, D] draw costs
+  a 32nd of the random numbers `jax.random.rademacher` draws (which spends a
+  uniform float per entry).
+
+  Args:
+    key: PRNG key.
+    shape: output shape.
+    dtype: output dtype.
+
+  Returns:
+    An array of `shape` with entries in {-1, +1}.
+
+  Raises:
+    ValueError: for a dtype that cannot hold -1 (unsigned or bool).
+  """
+  dtype = jnp.dtype(dtype)
+  if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.signedinteger)):
+    raise ValueError(f'rademacher: dtype {dtype.name} cannot hold -1; use a floating or '
+                     'signed integer dtype.')
+  size = math.prod(shape)
+  words = jax.random.bits(key, (-(-size // 32), 1), jnp.uint32)
+  signs = (words >> jnp.arange(32, dtype=jnp.uint32)) & 1
+  return (2 * signs.reshape(-1)[:size].astype(dtype) - 1).reshape(shape)
+
+
+def contractive_penalty_dense_first_estimate(
+    rest_fn: EncodeFn,
+    u_BxH1: jax.Array,
+    directions_PxBxH1: jax.Array,
+) -> jax.Array:
+  r"""Unbiased estimate of :math:`\|J_f(x_b)\|_F^2` for an encoder whose first layer is dense.
+
+  With :math:`f(x) = g(u)`, :math:`u = x K + b` (``rest_fn = g``) and probes
+  :math:`v_p` with :math:`E[v v^\top] = I_D`, the directions
+  :math:`w_p = v_p K` (``directions_PxBxH1``, the first layer's linear part
+  applied to the probes) give :math:`J_f(x) v_p = J_g(u) w_p`, so
+
+  .. math::
+    \frac{1}{P} \sum_p \|J_g(u_b) w_{p,b}\|^2, \qquad
+    E = \mathrm{tr}(J_f^\top J_f) = \|J_f(x_b)\|_F^2
+
+  (Hutchinson's estimator, as :func:`contractive_penalty_estimate` in
+  ``'jvp'`` mode). The D-wide product for the probes is the caller's: stacked
+  under the inputs, ``[x; v] K`` is one matrix product for the data and the
+  probes, and its gradient one more, so a step with one probe costs little
+  more than the reconstruction-only step. Rademacher probes (:func:`rademacher`)
+  have variance :math:`2(\|J^\top J\|_F^2 - \sum_i (J^\top J)_{ii}^2)`
+  per probe, below the Gaussian :math:`2\|J^\top J\|_F^2`.
+
+  Args:
+    rest_fn: maps ONE pre-activation ``u_H1`` to the code ``h_H``; vmapped here.
+    u_BxH1: ``[B, H1]`` first-layer pre-activations ``x K + b``.
+    directions_PxBxH1: ``[P, B, H1]`` projected probes ``v K``, one per probe
+      and example.
+
+  Returns:
+    ``[B]`` unbiased estimates of the squared Frobenius norms of ``J_f``.
+
+  Raises:
+    TypeError: if an argument is not floating-point.
+    ValueError: if the shapes do not match.
+
+  References:
+    Hutchinson 1989 (as :func:`contractive_penalty_estimate`); Rifai et al.
+    2011.
+  """
+  fn = 'contractive_penalty_dense_first_estimate'
+  _check_dtypes(fn, 'floating', u_BxH1=u_BxH1, directions_PxBxH1=directions_PxBxH1)
+  if directions_PxBxH1.ndim != 3 or directions_PxBxH1.shape[1:] != u_BxH1.shape:
+    raise ValueError(f'{fn}: expected directions_PxBxH1 [P, {", ".join(map(str, u_BxH1.shape))}],'
+                     f' got shape {directions_PxBxH1.shape}.')
+  rest_batch = jax.vmap(rest_fn)
+  squared_norm = lambda w_BxH1: _sum_nonbatch(
+      jnp.square(jax.jvp(rest_batch, (u_BxH1,), (w_BxH1,))[1]))
+  if directions_PxBxH1.shape[0] == 1:
+    return squared_norm(directions_PxBxH1[0])
+  return jnp.mean(jax.vmap(squared_norm)(directions_PxBxH1), axis=0)
+
+
 # ----------------------------------------------------------------------------
 # Vector quantization.
 # ----------------------------------------------------------------------------

@@ -170,6 +170,19 @@ CASES = [
          lambda: losses.contractive_penalty_estimate(
              _encode, jnp.ones((B, D), jnp.uint8), jax.random.key(0)),
          TypeError, 'contractive_penalty_estimate: x_BxD ' + _FLOAT_ERR + 'uint8'),
+    Case('contractive_penalty_dense_first_estimate(rest_fn, u_BxH1, directions_PxBxH1)',
+         'int32 u_BxH1',
+         lambda: losses.contractive_penalty_dense_first_estimate(
+             jnp.tanh, jnp.ones((B, 3), jnp.int32), _f32(1, B, 3)),
+         TypeError, 'contractive_penalty_dense_first_estimate: u_BxH1 ' + _FLOAT_ERR + 'int32'),
+    Case('contractive_penalty_dense_first_estimate(rest_fn, u_BxH1, directions_PxBxH1)',
+         'directions [B, H1]',
+         lambda: losses.contractive_penalty_dense_first_estimate(jnp.tanh, _f32(B, 3), _f32(B, 3)),
+         ValueError, re.escape('contractive_penalty_dense_first_estimate: expected '
+                               f'directions_PxBxH1 [P, {B}, 3], got shape ({B}, 3)')),
+    Case('rademacher(key, shape, dtype)', 'uint8 dtype',
+         lambda: losses.rademacher(jax.random.key(0), (B, D), jnp.uint8),
+         ValueError, 'rademacher: dtype uint8 cannot hold -1'),
     Case('contractive_penalty_dense_first(rest_fn, u_BxH1, kernel_DxH1)', 'int32 u_BxH1',
          lambda: losses.contractive_penalty_dense_first(
              jnp.tanh, jnp.ones((B, 3), jnp.int32), _f32(D, 3)),
@@ -305,6 +318,9 @@ def test_valid_float_inputs_pass_the_static_checks(dtype):
       'contractive_penalty': (functools.partial(losses.contractive_penalty, _encode), a),
       'contractive_penalty_estimate': (
           lambda x: losses.contractive_penalty_estimate(_encode, x, jax.random.key(0)), a),
+      'contractive_penalty_dense_first_estimate': (
+          functools.partial(losses.contractive_penalty_dense_first_estimate, jnp.tanh),
+          jax.ShapeDtypeStruct((B, 3), dtype), jax.ShapeDtypeStruct((2, B, 3), dtype)),
       'contractive_penalty_dense_first': (
           functools.partial(losses.contractive_penalty_dense_first, jnp.tanh),
           jax.ShapeDtypeStruct((B, 3), dtype), jax.ShapeDtypeStruct((D, 3), dtype)),

@@ -365,6 +365,47 @@ class ContractiveTest(chex.TestCase):
     chex.assert_shape(averaged, (4,))
     np.testing.assert_array_less(np.abs(averaged - exact), 4 * standard_error_B)
 
+  def test_rademacher_signs_are_balanced_and_independent(self):
+    v = np.asarray(losses.rademacher(jax.random.key(25), (400, 250)), np.float64)
+    assert v.shape == (400, 250) and set(np.unique(v)) == {-1.0, 1.0}
+    # 100,000 fair signs: the mean has standard error 1/sqrt(1e5) = 0.0032, and
+    # the sample second-moment matrix over 400 rows is I up to 1/sqrt(400) = 0.05.
+    assert abs(v.mean()) < 4 * 0.0032
+    second = v.T @ v / 400
+    np.testing.assert_allclose(np.diag(second), 1.0)
+    assert np.max(np.abs(second - np.eye(250))) < 6 * 0.05
+    # Different keys, different signs; odd sizes use part of the last word.
+    other = losses.rademacher(jax.random.key(26), (400, 250))
+    assert float(jnp.mean(jnp.asarray(v) == other)) < 0.6
+    assert losses.rademacher(jax.random.key(0), (3, 7)).shape == (3, 7)
+
+  def test_dense_first_estimate_is_unbiased_with_rademacher_variance(self):
+    layers = _init_mlp((10, 6, 5, 3), seed=27)
+    kernel, bias = layers[0]
+    x_BxD = jnp.asarray(_rng(28).uniform(size=(4, 10)), jnp.float32)
+    jac_BxHxD = jax.vmap(jax.jacrev(functools.partial(_mlp_encode, layers)))(x_BxD)
+    exact = jnp.sum(jnp.square(jac_BxHxD), axis=(1, 2))
+    rest = functools.partial(_mlp_rest, layers)
+    num_probes = 4000
+    probes_PxBxD = losses.rademacher(jax.random.key(29), (num_probes, 4, 10))
+    estimate_fn = jax.jit(jax.vmap(lambda v_BxD: losses.contractive_penalty_dense_first_estimate(
+        rest, x_BxD @ kernel + bias, (v_BxD @ kernel)[None])))
+    samples_PxB = np.asarray(estimate_fn(probes_PxBxD), np.float64)
+    standard_error_B = np.sqrt(samples_PxB.var(axis=0, ddof=1) / num_probes)
+    np.testing.assert_array_less(np.abs(samples_PxB.mean(axis=0) - exact), 4 * standard_error_B)
+    # Rademacher probes: Var ||Jv||^2 = 2 (||A||_F^2 - sum_i A_ii^2), A = J^T J
+    # (the fourth moment of a sign is 1, not a Gaussian's 3).
+    jtj = np.asarray(jnp.einsum('bhd,bhe->bde', jac_BxHxD, jac_BxHxD), np.float64)
+    expected_var = 2 * (np.sum(jtj**2, axis=(1, 2)) - np.sum(np.diagonal(jtj, axis1=1, axis2=2)**2, axis=1))
+    np.testing.assert_allclose(samples_PxB.var(axis=0, ddof=1), expected_var, rtol=0.15)
+    # Several probes in one call average them.
+    directions_PxBxH1 = probes_PxBxD[:8] @ kernel
+    together = losses.contractive_penalty_dense_first_estimate(rest, x_BxD @ kernel + bias,
+                                                               directions_PxBxH1)
+    np.testing.assert_allclose(together, samples_PxB[:8].mean(axis=0), rtol=1e-4)
+    with self.assertRaisesRegex(ValueError, r'expected directions_PxBxH1 \[P, 4, 6\]'):
+      losses.contractive_penalty_dense_first_estimate(rest, x_BxD @ kernel, x_BxD @ kernel)
+
   def test_invalid_modes_raise(self):
     _, _, x_BxD = self._one_layer()
     with self.assertRaises(ValueError):

@@ -122,6 +122,27 @@ def test_contractive_modes_agree(mode):
   assert metrics['contractive'] > 0
 
 
+def test_contractive_estimate_averages_to_the_exact_penalty():
+  """mode='estimate' on a dense-first model: same reconstruction as the exact
+  mode, and a penalty whose mean over fresh probes is the exact one."""
+  model = models.MLPAutoencoder(hidden=(32, 16), latent_dim=8, activation='sigmoid',
+                                latent_activation='sigmoid')
+  batch = _image_batch(4)
+  params = _init(model, batch)
+  _, exact = objectives.make_contractive_objective(model, weight=1.0, mode='jacfwd')(
+      params, batch, KEY)
+  estimate = jax.jit(jax.vmap(lambda k: objectives.make_contractive_objective(
+      model, weight=1.0, mode='estimate')(params, batch, k)[1]))
+  metrics = estimate(jax.random.split(KEY, 2000))
+  np.testing.assert_allclose(metrics['recon'], exact['recon'], rtol=1e-5)
+  penalty = np.asarray(metrics['contractive'], np.float64)
+  assert penalty.std() > 0  # Random, not the exact value in disguise.
+  assert abs(penalty.mean() - float(exact['contractive'])) < 4 * penalty.std() / np.sqrt(2000)
+  two_probes = objectives.make_contractive_objective(model, weight=1.0, mode='estimate',
+                                                     num_probes=2)(params, batch, KEY)[1]
+  assert np.isfinite(float(two_probes['contractive']))
+
+
 @pytest.mark.parametrize('bad', [
     dict(factory=objectives.make_vae_objective, beta=-1.0),
     dict(factory=objectives.make_autoencoder_objective, reconstruction='l2'),
