@@ -156,7 +156,34 @@ def _row(name, batch, seconds, flops, peak, **extra):
 TORCH_CONFIGS = ('vae', 'conv_ae', 'conv_vae', 'vqvae')
 
 
-def _jax_step(name: str, batch_size: int):
+PRECISIONS = ('float32', 'bfloat16')
+
+
+def with_precision(train_step, precision: str):
+  """`train_step` traced with its matrix products at `precision`.
+
+  'bfloat16' gives every matrix product XLA's BF16_BF16_F32 algorithm
+  (operands rounded to bfloat16, float32 accumulation) through
+  `jax.default_matmul_precision`; convolutions take no algorithm and run at
+  XLA's default precision (TF32 on recent NVIDIA GPUs); parameters, optimizer
+  state and the elementwise work stay float32. The PyTorch twin runs the same
+  step under `torch.autocast(dtype=torch.bfloat16)`, which also runs its
+  convolutions in bfloat16, so on a GPU the comparison favours PyTorch's
+  convolutional models.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}.')
+  if precision == 'float32':
+    return train_step
+
+  def step(*args):
+    with jax.default_matmul_precision('BF16_BF16_F32'):
+      return train_step(*args)
+
+  return step
+
+
+def _jax_step(name: str, batch_size: int, precision: str = 'float32'):
   """(step, number of parameters): one donated train step of config `name`.
 
   `step()` advances the state held here and returns the step's metrics once
@@ -170,7 +197,7 @@ def _jax_step(name: str, batch_size: int):
   holder = [jax.jit(stage.init)(key)]
   num_params = sum(x.size for x in jax.tree.leaves(holder[0].params))
   batch = jax.tree.map(jnp.asarray, next(stage.train_data(0)))
-  train_step = jax.jit(stage.train_step, donate_argnums=(0,),
+  train_step = jax.jit(with_precision(stage.train_step, precision), donate_argnums=(0,),
                        compiler_options=train.compiler_options())
 
   def step():
@@ -210,7 +237,8 @@ def _worker(framework: str) -> None:
   for line in sys.stdin:
     command = json.loads(line)
     if 'setup' in command:
-      step, num_params = make(command['setup'], command['batch'])
+      step, num_params = make(command['setup'], command['batch'],
+                              command.get('precision', 'float32'))
       for _ in range(3):  # Compilation, allocation, the optimizer's first steps.
         step()
       print(json.dumps({'params': num_params}), flush=True)
@@ -250,7 +278,7 @@ class _Worker:
 
 
 def compare_with_torch(names, batches, *, rounds: int = 7, round_seconds: float = 1.0,
-                       flax_layers: bool = False):
+                       flax_layers: bool = False, precision: str = 'float32'):
   """Rows of ae-jax against PyTorch, medians over alternating rounds (module doc).
 
   With `flax_layers`, a third worker runs the same ae-jax step built with
@@ -269,7 +297,8 @@ def compare_with_torch(names, batches, *, rounds: int = 7, round_seconds: float 
     for name in names:
       for batch_size in batches:
         load_before = os.getloadavg()[0]
-        params = {k: w.ask(setup=name, batch=batch_size)['params'] for k, w in workers.items()}
+        params = {k: w.ask(setup=name, batch=batch_size, precision=precision)['params']
+                  for k, w in workers.items()}
         if len(set(params.values())) > 1:
           raise RuntimeError(f'{name}: {params["ae_jax"]} ae-jax parameters but '
                              f'{params["torch"]} in experiments/bench_torch.py.')
@@ -287,7 +316,8 @@ def compare_with_torch(names, batches, *, rounds: int = 7, round_seconds: float 
                   'flax_layers_ratio': round(ms['flax_layers'] / torch_ms, 3)}
                  if flax_layers else {})
         print(json.dumps({
-            'name': f'{name}_vs_torch', 'batch': batch_size, 'params': params['ae_jax'],
+            'name': f'{name}_vs_torch', 'batch': batch_size, 'precision': precision,
+            'params': params['ae_jax'],
             'ae_jax_ms': round(jax_ms, 3), 'torch_ms': round(torch_ms, 3),
             'ratio': round(jax_ms / torch_ms, 3), **extra, 'rounds': rounds,
             'loadavg_before': round(load_before, 2),
@@ -312,6 +342,9 @@ def main():
   parser.add_argument('--flax_layers', action='store_true',
                       help="The steps before ae-jax's fast convolutions: flax.linen's Conv and "
                            "ConvTranspose, XLA's default options (with --torch: a third worker).")
+  parser.add_argument('--precision', choices=PRECISIONS, default='float32',
+                      help='Matrix products in float32 or bfloat16 (float32 accumulation; '
+                           'PyTorch under autocast), with --torch; see with_precision.')
   parser.add_argument('--worker', choices=('jax', 'flax_layers', 'torch'), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -327,7 +360,8 @@ def main():
     unknown = sorted(set(names) - set(TORCH_CONFIGS))
     if unknown:
       raise SystemExit(f'--torch compares {", ".join(TORCH_CONFIGS)}; not {", ".join(unknown)}.')
-    return compare_with_torch(names, batches, rounds=args.rounds, flax_layers=args.flax_layers)
+    return compare_with_torch(names, batches, rounds=args.rounds, flax_layers=args.flax_layers,
+                              precision=args.precision)
   names = args.only.split(',') if args.only else config_names()
   if args.flax_layers:
     _use_flax_layers()

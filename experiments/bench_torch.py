@@ -155,8 +155,16 @@ def device() -> str:
 MODELS = {'vae': MLPVAE, 'conv_ae': ConvAE, 'conv_vae': ConvVAE, 'vqvae': VQVAE}
 
 
-def make_step(name: str, batch: int, seed: int = 0):
-  """(step, number of trainable parameters) of config `name` at batch size `batch`."""
+def make_step(name: str, batch: int, precision: str = 'float32', seed: int = 0):
+  """(step, number of trainable parameters) of config `name` at batch size `batch`.
+
+  precision='bfloat16' runs the forward pass and its gradient under
+  `torch.autocast(dtype=torch.bfloat16)` (products in bfloat16, parameters
+  and optimizer float32), the counterpart of the ae-jax step's bfloat16
+  matrix products (`experiments.bench.with_precision`).
+  """
+  if precision not in ('float32', 'bfloat16'):
+    raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}.")
   torch.manual_seed(seed)
   where = device()
   model = MODELS[name]().to(where)
@@ -165,9 +173,12 @@ def make_step(name: str, batch: int, seed: int = 0):
   if name != 'vqvae':
     x = (x < 0.5).float()
 
+  autocast = torch.autocast(where, dtype=torch.bfloat16, enabled=precision == 'bfloat16')
+
   def step():
     optimizer.zero_grad(set_to_none=True)
-    loss = model.loss(x)
+    with autocast:
+      loss = model.loss(x)
     loss.backward()
     optimizer.step()
     return loss.item()  # Blocks until the step is done, as block_until_ready does.

@@ -36,6 +36,27 @@ def test_jax_worker_step_is_the_donated_training_step():
   assert losses[-1] < losses[0]
 
 
+def test_bfloat16_precision_reaches_every_product_and_still_trains():
+  """--precision=bfloat16: each dot of the lowered step carries the BF16_BF16_F32
+  algorithm (float32 has none), and the step trains."""
+  config = importlib.import_module('experiments.configs.vae').get_config()
+  config.data.batch_size = 16
+  recipe = bench.training.validate(config)
+  stage = recipe.make_stage(config, recipe.stages(config)[0], {})
+  state = jax.jit(stage.init)(jax.random.key(0))
+  batch = jax.tree.map(jax.numpy.asarray, next(stage.train_data(0)))
+  for precision, bf16_dots in (('float32', False), ('bfloat16', True)):
+    text = jax.jit(bench.with_precision(stage.train_step, precision)).lower(
+        state, batch, jax.random.key(0)).as_text()
+    dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
+    assert dots and all(('lhs_precision_type = bf16' in d) == bf16_dots for d in dots)
+  step, _ = bench._jax_step('vae', 16, 'bfloat16')
+  losses = [float(step()['loss']) for _ in range(5)]
+  assert losses[-1] < losses[0]
+  with pytest.raises(ValueError, match="precision must be one of .* got 'fp8'"):
+    bench.with_precision(stage.train_step, 'fp8')
+
+
 def test_torch_comparison_names_its_configs(monkeypatch):
   monkeypatch.setattr('sys.argv', ['bench', '--torch', '--only=aae'])
   with pytest.raises(SystemExit, match='--torch compares vae, conv_ae, conv_vae, vqvae; not aae'):
