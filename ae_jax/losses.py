@@ -633,6 +633,109 @@ def contractive_penalty_dense_first(
   return _gram_quadratic_form(jac_BxHxH1, kernel_DxH1)
 
 
+@jax.custom_jvp
+def _gram_columns(t_H1xN: jax.Array, kernel_DxH1: jax.Array) -> jax.Array:
+  """``c_n = t_n^T G t_n`` for every column of ``t``, ``G = K^T K``: ``[N]``."""
+  gram_H1xH1 = kernel_DxH1.T @ kernel_DxH1
+  return jnp.sum((gram_H1xH1 @ t_H1xN) * t_H1xN, axis=0)
+
+
+def _gram_columns_jvp(primals, tangents):
+  # As _gram_quadratic_form's rule, with G symmetric:
+  #   dc_n = 2 (G t_n) . dt_n + 2 t_n^T (K^T dK) t_n,
+  # so the reverse pass reuses G t from the forward pass (the dt cotangent is
+  # elementwise) where plain autodiff would form G^T (c t) once more.
+  t_H1xN, kernel_DxH1 = primals
+  d_t_H1xN, d_kernel_DxH1 = tangents
+  gram_t_H1xN = (kernel_DxH1.T @ kernel_DxH1) @ t_H1xN
+  c_N = jnp.sum(gram_t_H1xN * t_H1xN, axis=0)
+  half_dc_N = jnp.zeros_like(c_N)
+  if not isinstance(d_t_H1xN, SymbolicZero):
+    half_dc_N += jnp.sum(gram_t_H1xN * d_t_H1xN, axis=0)
+  if not isinstance(d_kernel_DxH1, SymbolicZero):
+    half_dc_N += jnp.sum(((kernel_DxH1.T @ d_kernel_DxH1) @ t_H1xN) * t_H1xN, axis=0)
+  return c_N, 2.0 * half_dc_N
+
+
+_gram_columns.defjvp(_gram_columns_jvp, symbolic_zeros=True)
+
+
+def contractive_penalty_mlp(
+    u_BxH1: jax.Array,
+    kernel_DxH1: jax.Array,
+    layers: Sequence[tuple[jax.Array, jax.Array]],
+    activations: Sequence[Callable[[jax.Array], jax.Array]],
+) -> jax.Array:
+  r"""Exact contractive penalty of a dense MLP encoder, its Jacobian built transposed.
+
+  The encoder is :math:`u = x K + b_1`, :math:`h_1 = \sigma_1(u)`,
+  :math:`h_i = \sigma_i(h_{i-1} W_i + b_i)`; with :math:`s_i` the elementwise
+  derivatives of the activations at the pre-activations,
+
+  .. math::
+    J_f(x)^\top = K\, S_1 W_2 S_2 \cdots W_L S_L, \qquad
+    \|J_f(x)\|_F^2 = \sum_{k,l,h} (J_g^\top)_{kh} G_{kl} (J_g^\top)_{lh},
+    \quad G = K^\top K,
+
+  the same value as :func:`contractive_penalty_dense_first` (and its gradient).
+  The transposed Jacobians of the whole batch are held as one
+  ``[H1, B, H]`` array, batch and code units minor, so every large product of
+  the penalty and of its gradient contracts the dimensions that are contiguous
+  in memory; XLA:CPU otherwise transposes the ``[B * H, H1]`` Jacobian for the
+  gradient's products, which costs it more than the products.
+
+  Args:
+    u_BxH1: ``[B, H1]`` first-layer pre-activations ``x K + b``.
+    kernel_DxH1: ``[D, H1]`` first dense kernel ``K``.
+    layers: ``(kernel [H_{i-1}, H_i], bias [H_i])`` of the later layers, in order.
+    activations: elementwise functions :math:`\sigma_1, \dots, \sigma_L`, one
+      more than ``layers`` (the first follows ``u``).
+
+  Returns:
+    ``[B]`` squared Frobenius norms of the per-example Jacobians.
+
+  Raises:
+    TypeError: if ``u_BxH1`` or ``kernel_DxH1`` is not floating-point.
+    ValueError: for mismatched shapes or counts.
+
+  References:
+    Rifai, Vincent, Muller, Glorot & Bengio, "Contractive Auto-Encoders:
+    Explicit Invariance During Feature Extraction", ICML 2011.
+  """
+  fn = 'contractive_penalty_mlp'
+  _check_dtypes(fn, 'floating', u_BxH1=u_BxH1, kernel_DxH1=kernel_DxH1)
+  if len(activations) != len(layers) + 1:
+    raise ValueError(f'{fn}: {len(layers)} layers after the first need {len(layers) + 1} '
+                     f'activations, got {len(activations)}.')
+  if u_BxH1.ndim != 2 or kernel_DxH1.ndim != 2 or u_BxH1.shape[1] != kernel_DxH1.shape[1]:
+    raise ValueError(f'{fn}: expected u_BxH1 [B, H1] and kernel_DxH1 [D, H1], got shapes '
+                     f'{u_BxH1.shape} and {kernel_DxH1.shape}.')
+
+  def value_and_slope(act, a):
+    # The activation and its elementwise derivative in one forward-mode pass.
+    return jax.jvp(act, (a,), (jnp.ones_like(a),))
+
+  h, slope = value_and_slope(activations[0], u_BxH1)
+  slopes = [slope]
+  for (kernel, bias), act in zip(layers, activations[1:]):
+    h, slope = value_and_slope(act, h @ kernel + bias)
+    slopes.append(slope)
+  # J_g^T for every example, [H_i, B, H], from the code side down.
+  t = layers[-1][0][:, None, :] * slopes[-1][None, :, :] if layers else None
+  for i in range(len(layers) - 1, 0, -1):
+    t = slopes[i].T[:, :, None] * t
+    kernel = layers[i - 1][0]
+    t = (kernel @ t.reshape(kernel.shape[1], -1)).reshape(kernel.shape[0], *t.shape[1:])
+  if t is None:  # One layer: J_g^T = diag(s_1).
+    width = u_BxH1.shape[1]
+    t = slopes[0].T[:, :, None] * jnp.eye(width, dtype=u_BxH1.dtype)[:, None, :]
+  else:
+    t = slopes[0].T[:, :, None] * t
+  width, batch, code = t.shape
+  return jnp.sum(_gram_columns(t.reshape(width, batch * code), kernel_DxH1).reshape(batch, code),
+                 axis=1)
+
+
 def contractive_penalty_estimate(
     encode_fn: EncodeFn,
     x_BxD: jax.Array,

@@ -256,7 +256,12 @@ def make_contractive_objective(
         batch)
     x_BxD = x.reshape(x.shape[0], -1)
     encode_one = lambda x_D: model.apply(params, x_D[None], method=model.encode)[0]
-    if mode == 'dense_first':
+    if mode == 'dense_first' and hasattr(model, 'rest_layers'):
+      # A dense MLP: its transposed Jacobian built layer by layer (same value).
+      u_BxH = model.apply(params, x, method=model.encode_first)
+      penalty = losses.contractive_penalty_mlp(
+          u_BxH, model.first_kernel(params), *model.rest_layers(params))
+    elif mode == 'dense_first':
       u_BxH = model.apply(params, x, method=model.encode_first)
       rest_one = lambda u_H: model.apply(params, u_H[None], method=model.encode_rest)[0]
       penalty = losses.contractive_penalty_dense_first(

@@ -180,6 +180,19 @@ CASES = [
          lambda: losses.contractive_penalty_dense_first_estimate(jnp.tanh, _f32(B, 3), _f32(B, 3)),
          ValueError, re.escape('contractive_penalty_dense_first_estimate: expected '
                                f'directions_PxBxH1 [P, {B}, 3], got shape ({B}, 3)')),
+    Case('contractive_penalty_mlp(u_BxH1, kernel_DxH1, layers, activations)', 'int32 u_BxH1',
+         lambda: losses.contractive_penalty_mlp(jnp.ones((B, 3), jnp.int32), _f32(D, 3), [],
+                                                [jnp.tanh]),
+         TypeError, 'contractive_penalty_mlp: u_BxH1 ' + _FLOAT_ERR + 'int32'),
+    Case('contractive_penalty_mlp(u_BxH1, kernel_DxH1, layers, activations)',
+         'two activations for one layer',
+         lambda: losses.contractive_penalty_mlp(_f32(B, 3), _f32(D, 3), [], [jnp.tanh] * 2),
+         ValueError, re.escape('contractive_penalty_mlp: 0 layers after the first need 1 '
+                               'activations, got 2')),
+    Case('contractive_penalty_mlp(u_BxH1, kernel_DxH1, layers, activations)', 'kernel [D, 4]',
+         lambda: losses.contractive_penalty_mlp(_f32(B, 3), _f32(D, 4), [], [jnp.tanh]),
+         ValueError, re.escape('contractive_penalty_mlp: expected u_BxH1 [B, H1] and '
+                               f'kernel_DxH1 [D, H1], got shapes ({B}, 3) and ({D}, 4)')),
     Case('rademacher(key, shape, dtype)', 'uint8 dtype',
          lambda: losses.rademacher(jax.random.key(0), (B, D), jnp.uint8),
          ValueError, 'rademacher: dtype uint8 cannot hold -1'),
@@ -318,6 +331,9 @@ def test_valid_float_inputs_pass_the_static_checks(dtype):
       'contractive_penalty': (functools.partial(losses.contractive_penalty, _encode), a),
       'contractive_penalty_estimate': (
           lambda x: losses.contractive_penalty_estimate(_encode, x, jax.random.key(0)), a),
+      'contractive_penalty_mlp': (
+          lambda u, k: losses.contractive_penalty_mlp(u, k, [], [jnp.tanh]),
+          jax.ShapeDtypeStruct((B, 3), dtype), jax.ShapeDtypeStruct((D, 3), dtype)),
       'contractive_penalty_dense_first_estimate': (
           functools.partial(losses.contractive_penalty_dense_first_estimate, jnp.tanh),
           jax.ShapeDtypeStruct((B, 3), dtype), jax.ShapeDtypeStruct((2, B, 3), dtype)),

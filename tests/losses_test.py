@@ -215,6 +215,10 @@ class NumericalGradientTest(parameterized.TestCase):
 # ----------------------------------------------------------------------------
 
 
+def nn_activation(name):
+  return {'tanh': jnp.tanh, 'sigmoid': jax.nn.sigmoid, 'relu': jax.nn.relu}[name]
+
+
 def _init_mlp(sizes, seed):
   rng = _rng(seed)
   return [(jnp.asarray(rng.normal(size=(m, n)) / math.sqrt(m), jnp.float32),
@@ -364,6 +368,35 @@ class ContractiveTest(chex.TestCase):
         encode, x_BxD, jax.random.key(24), num_probes=num_probes, mode=mode)
     chex.assert_shape(averaged, (4,))
     np.testing.assert_array_less(np.abs(averaged - exact), 4 * standard_error_B)
+
+  @parameterized.parameters(((10, 6, 5, 3), ('tanh', 'sigmoid', 'sigmoid')),
+                            ((12, 7, 4), ('relu', 'tanh')), ((9, 5), ('sigmoid',)))
+  def test_mlp_form_equals_jacfwd_in_value_and_gradient(self, sizes, activations):
+    """The transposed-Jacobian MLP form is the same penalty as the Jacobian by
+    jax.jacfwd of the whole encoder, and has the same gradient in every weight."""
+    acts = [nn_activation(a) for a in activations]
+    layers = _init_mlp(sizes, seed=31)
+    x_BxD = jnp.asarray(_rng(32).uniform(size=(4, sizes[0])), jnp.float32)
+
+    def encode(layers, x_D):
+      h = acts[0](x_D @ layers[0][0] + layers[0][1])
+      for (kernel, bias), act in zip(layers[1:], acts[1:]):
+        h = act(h @ kernel + bias)
+      return h
+
+    def reference(layers):
+      jac_BxHxD = jax.vmap(jax.jacfwd(functools.partial(encode, layers)))(x_BxD)
+      return jnp.sum(jnp.square(jac_BxHxD), axis=(1, 2))
+
+    def mlp(layers):
+      kernel, bias = layers[0]
+      return losses.contractive_penalty_mlp(x_BxD @ kernel + bias, kernel, layers[1:], acts)
+
+    np.testing.assert_allclose(mlp(layers), reference(layers), rtol=1e-5)
+    want = jax.grad(lambda l: jnp.sum(reference(l) * jnp.arange(1.0, 5.0)))(layers)
+    got = jax.jit(jax.grad(lambda l: jnp.sum(mlp(l) * jnp.arange(1.0, 5.0))))(layers)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+      np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(w))))
 
   def test_rademacher_signs_are_balanced_and_independent(self):
     v = np.asarray(losses.rademacher(jax.random.key(25), (400, 250)), np.float64)

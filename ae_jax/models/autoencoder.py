@@ -5,7 +5,7 @@ Shape letters: B batch, D flattened input size, H1 first hidden layer, Z latent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -100,6 +100,21 @@ class MLPAutoencoder(nn.Module):
     """Encodes and decodes; logits have the shape of `x`."""
     z = self.encode(x)
     return AEOutput(logits=self.decode(z).reshape(x.shape), z=z)
+
+  @nn.nowrap
+  def rest_layers(self, params: Mapping[str, Any]
+                  ) -> tuple[list[tuple[Array, Array]], list[Callable[[Array], Array]]]:
+    """What `encode_rest` computes, spelled out for `losses.contractive_penalty_mlp`:
+    the (kernel, bias) of every encoder layer after the first, and the
+    activations σ_1 (after the first layer) to σ_L (the code's)."""
+    if 'params' in params:
+      params = params['params']
+    encoder = params['encoder']
+    num_layers = len(self.hidden) + 1
+    rest = [(encoder[f'layers_{i}']['kernel'], encoder[f'layers_{i}']['bias'])
+            for i in range(1, num_layers)]
+    acts = [layers.get_activation(self.activation)] * (num_layers - 1)
+    return rest, acts + [layers.get_activation(self.latent_activation)]
 
   @staticmethod
   def first_kernel(params: Mapping[str, Any]) -> Array:
