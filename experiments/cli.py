@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 import signal
 import sys
 import traceback
@@ -109,6 +110,45 @@ def config_names() -> list[str]:
         rel = os.path.relpath(os.path.join(root, file[:-3]), CONFIGS_DIR)
         names.append(rel.replace(os.sep, '/'))
   return sorted(names)
+
+
+def config_args(name: str) -> tuple[str, ...]:
+  """The arguments (presets, variants) `get_config` of the config `name` takes: its
+  module's `ARGS`, else the presets of `experiments.configs.common`."""
+  module = importlib.import_module('experiments.configs.' + name.replace('/', '.'))
+  from experiments.configs import common  # pylint: disable=g-import-not-at-top
+  return tuple(getattr(module, 'ARGS', common.PRESETS))
+
+
+def help_listing() -> str:
+  """What --help adds to the script's docstring: the configs with their presets, and
+  the data sets `config.data.name` accepts."""
+  lines = ['', 'Configs (--config=NAME[:ARG], or --config=experiments/configs/NAME.py[:ARG]):']
+  for name in config_names():
+    module = importlib.import_module('experiments.configs.' + name.replace('/', '.'))
+    paragraph = ' '.join((module.__doc__ or '').strip().split('\n\n', 1)[0].split())
+    summary = re.split(r'(?<!\bal)\.(?:\s|$)', paragraph, maxsplit=1)[0] + '.'
+    lines.append(f'  {name}: {summary}')
+    lines.append(f'      ARG: {", ".join(config_args(name))}')
+  lines += ['', 'Data sets (--config.data.name=...):',
+            f'  built in: {", ".join(data.IN_MEMORY_DATASETS)}',
+            f'  TFDS, prepared as array_record in config.data.data_dir: '
+            f'{", ".join(data.TFDS_DATASETS)}, or tfds:<name> (fixed-size uint8 images)',
+            '  your own: npz:PATH (a .npz with image [N, H, W, C], uint8 or floats in [0, 1], '
+            'optional label [N]); folder:PATH (image files, class subfolders as labels, '
+            'resized to --config.data.image_shape, default (28, 28, 1))', '']
+  return '\n'.join(lines)
+
+
+_HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+
+
+def add_help_listing(argv: Sequence[str]) -> None:
+  """With a help flag in `argv`, appends `help_listing()` to the docstring that absl
+  prints for it (the `__main__` module's)."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    main = sys.modules['__main__']
+    main.__doc__ = (main.__doc__ or '') + help_listing()
 
 
 def resolve_config_spec(spec: str) -> str:
@@ -320,6 +360,7 @@ def run_app(run: Callable[..., object], *, config_help: str,
   if model_workdir_help is not None:
     model_workdir = flags.DEFINE_string('model_workdir', None, model_workdir_help)
   flags.mark_flags_as_required(['config', 'workdir'])
+  add_help_listing(sys.argv)
 
   def main(argv):
     if len(argv) > 1:
