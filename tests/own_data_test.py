@@ -278,7 +278,7 @@ def test_tfds_dataset_ae_jax_cannot_read_is_refused_before_preparation(tmp_path,
   with pytest.raises(ValueError, match=r"imagenette' has images of shape \(None, None, 3\)"):
     training.validate(_config('tfds:imagenette', data_dir=str(empty)))
   # A usable one that is not prepared still says how to prepare it.
-  with pytest.raises(data.DatasetNotFoundError, match='tfds build cifar10'):
+  with pytest.raises(data.DatasetNotFoundError, match='prepare cifar10 --download'):
     data.open_source('tfds:cifar10', 'train', data_dir=str(empty))
 
 

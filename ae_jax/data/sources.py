@@ -83,6 +83,12 @@ _HOW_TO_PREPARE_WITH_TF = (
     ' (or copy a prepared `{name}/` directory into {data_dir}).'
 )
 
+_HOW_TO_PREPARE_FROM_ORIGINALS = (
+    'Without TensorFlow, from the original files: `python -m ae_jax.data.prepare'
+    ' {name} --download --data_dir {data_dir}` (checked against their sha256),'
+    ' or with --manual_dir DIR holding them.'
+)
+
 # Known TFDS image datasets -> how to get them without ae-jax downloading
 # anything. Images are uint8 in [0, 255] except where `_TFDS_MAX_VALUE` says.
 TFDS_DATASETS: dict[str, str] = {
@@ -91,11 +97,11 @@ TFDS_DATASETS: dict[str, str] = {
         ' then `python -m ae_jax.data.prepare fashion_mnist --data_dir'
         ' {data_dir}`.'
     ),
-    'mnist': _HOW_TO_PREPARE_WITH_TF
+    'mnist': _HOW_TO_PREPARE_FROM_ORIGINALS
     + " For an offline MNIST subset use 'mnist5k'.",
     'binarized_mnist': _HOW_TO_PREPARE_WITH_TF,
     'kmnist': _HOW_TO_PREPARE_WITH_TF,
-    'cifar10': _HOW_TO_PREPARE_WITH_TF,
+    'cifar10': _HOW_TO_PREPARE_FROM_ORIGINALS,
     'cifar100': _HOW_TO_PREPARE_WITH_TF,
     'svhn_cropped': _HOW_TO_PREPARE_WITH_TF,
 }
