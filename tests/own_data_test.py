@@ -344,3 +344,14 @@ def test_launcher_trains_a_smoke_preset_on_an_image_folder(tmp_path):
   result = _launch(tmp_path, 'experiments/configs/conv_vae.py:smoke', f'folder:{tmp_path}/imgs',
                    '--config.data.image_shape=(28, 28, 1)')
   assert 'Finished' in result.stdout
+
+
+def test_a_run_from_before_image_shape_existed_still_resumes():
+  from ae_jax.training import run  # pylint: disable=g-import-not-at-top
+  config = vae_config.get_config('smoke')
+  old = run.config_fields(config)
+  del old['data.image_shape']  # A config.json written before the field was added.
+  assert run.config_changes(old, config) == ([], [])
+  config.data.image_shape = (28, 28, 1)
+  assert run.config_changes(old, config) == (
+      [], ["data.image_shape: '<absent>' -> [28, 28, 1]"])
