@@ -291,11 +291,21 @@ def make_train_step(
 ) -> StepFn:
   """Jits `train_step_fn` for one device.
 
+  Donation contract (the default): the step reuses the memory of the state it
+  is given for the state it returns, so the state passed in, and every array it
+  holds, is deleted by the call; so are the `params` that `create_train_state`
+  was given, which the state holds as they are. Always rebind the result,
+  `state, metrics = step(state, batch, key)`, and read parameters from the
+  newest state (`state.params`); touching a donated array raises
+  `RuntimeError: Array has been deleted`. Copy what you want to keep before the
+  step (`jax.tree.map(jnp.copy, state)`), or pass `donate=False`.
+
   Args:
     objective: stateless or stateful objective.
     tx: optimizer (the one the state was created with).
-    donate: donate the input state's buffers to the output state. The state passed
-      in must then not be used again; set False to keep it (e.g. in tests).
+    donate: donate the input state's buffers to the output state (above); set
+      False to keep the state passed in (e.g. in tests), at the cost of a second
+      copy of the state in memory during the step.
 
   Returns:
     ``step(state, batch, key) -> (new_state, metrics)``; ``key`` is the run's base

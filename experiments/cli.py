@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 import signal
 import sys
 import traceback
@@ -96,9 +97,94 @@ def _flag_values(argv: Sequence[str], name: str) -> Iterator[tuple[str, str | No
         break
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
+"""The checkout's config files: `--config=NAME[:PRESET]` names `CONFIGS_DIR/NAME.py`."""
+
+
+def config_names() -> list[str]:
+  """Short names of the config files: 'vae', 'apps/denoise', ... (sorted)."""
+  names = []
+  for root, _, files in os.walk(CONFIGS_DIR):
+    for file in files:
+      if file.endswith('.py') and file not in ('__init__.py', 'common.py', 'base.py'):
+        rel = os.path.relpath(os.path.join(root, file[:-3]), CONFIGS_DIR)
+        names.append(rel.replace(os.sep, '/'))
+  return sorted(names)
+
+
+def config_args(name: str) -> tuple[str, ...]:
+  """The arguments (presets, variants) `get_config` of the config `name` takes: its
+  module's `ARGS`, else the presets of `experiments.configs.common`."""
+  module = importlib.import_module('experiments.configs.' + name.replace('/', '.'))
+  from experiments.configs import common  # pylint: disable=g-import-not-at-top
+  return tuple(getattr(module, 'ARGS', common.PRESETS))
+
+
+def help_listing() -> str:
+  """What --help adds to the script's docstring: the configs with their presets, and
+  the data sets `config.data.name` accepts."""
+  lines = ['', 'Configs (--config=NAME[:ARG], or --config=experiments/configs/NAME.py[:ARG]):']
+  for name in config_names():
+    module = importlib.import_module('experiments.configs.' + name.replace('/', '.'))
+    paragraph = ' '.join((module.__doc__ or '').strip().split('\n\n', 1)[0].split())
+    summary = re.split(r'(?<!\bal)\.(?:\s|$)', paragraph, maxsplit=1)[0] + '.'
+    lines.append(f'  {name}: {summary}')
+    lines.append(f'      ARG: {", ".join(config_args(name))}')
+  lines += ['', 'Data sets (--config.data.name=...):',
+            f'  built in: {", ".join(data.IN_MEMORY_DATASETS)}',
+            f'  TFDS, prepared as array_record in config.data.data_dir: '
+            f'{", ".join(data.TFDS_DATASETS)}, or tfds:<name> (fixed-size uint8 images)',
+            '  your own: npz:PATH (a .npz with image [N, H, W, C], uint8 or floats in [0, 1], '
+            'optional label [N]); folder:PATH (image files, class subfolders as labels, '
+            'resized to --config.data.image_shape, default (28, 28, 1))', '']
+  return '\n'.join(lines)
+
+
+_HELP_FLAGS = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull')
+
+
+def add_help_listing(argv: Sequence[str]) -> None:
+  """With a help flag in `argv`, appends `help_listing()` to the docstring that absl
+  prints for it (the `__main__` module's)."""
+  if any(arg in _HELP_FLAGS for arg in argv[1:]):
+    main = sys.modules['__main__']
+    main.__doc__ = (main.__doc__ or '') + help_listing()
+
+
+def resolve_config_spec(spec: str) -> str:
+  """`FILE[:PRESET]` as given, or the path of a short name: 'vae:smoke' ->
+  '<checkout>/experiments/configs/vae.py:smoke' when the argument names no file
+  but `CONFIGS_DIR` has `<name>.py` (also 'apps/denoise')."""
+  path, colon, arg = spec.partition(':')
+  if os.path.isfile(path) or path.endswith('.py') or not path:
+    return spec
+  candidate = os.path.join(CONFIGS_DIR, *path.split('/')) + '.py'
+  if path in config_names() and os.path.isfile(candidate):
+    return f'{candidate}{colon}{arg}'
+  return spec
+
+
+def resolve_config_argv(argv: Sequence[str], config_flag: str = 'config') -> list[str]:
+  """argv with a short --config name (`resolve_config_spec`) replaced by its file."""
+  args = list(argv)
+  for i, arg in enumerate(args[1:], start=1):
+    if arg == '--':
+      break
+    for prefix in (f'--{config_flag}', f'-{config_flag}'):
+      if arg.startswith(f'{prefix}='):
+        args[i] = f'{prefix}={resolve_config_spec(arg[len(prefix) + 1:])}'
+      elif arg == prefix and i + 1 < len(args):
+        args[i + 1] = resolve_config_spec(args[i + 1])
+  return args
+
+
 def _load_config_file(spec: str) -> Any:
   """`get_config(arg)` of the config file `FILE[:ARG]`, as config_flags loads it."""
-  path, colon, arg = spec.partition(':')
+  path, colon, arg = resolve_config_spec(spec).partition(':')
+  if not os.path.isfile(path) and '/' not in path and not path.endswith('.py'):
+    raise FileNotFoundError(
+        f'no config file {path!r} (from {os.getcwd()}) and no config named {path!r}; '
+        f'the configs: {", ".join(config_names())}')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no config file {path!r} (from {os.getcwd()})')
   module_spec = importlib.util.spec_from_file_location('_ae_jax_cli_config', path)
@@ -155,8 +241,9 @@ def parse_flags(argv: list[str], *, config_flag: str = 'config') -> list[str]:
   Also loads the --config file (ml_collections defers a missing file's error
   to the first read), so that every usage error stops here with `fail`.
   """
+  resolved = resolve_config_argv(argv, config_flag)
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS(resolved)
   except Exception as e:  # pylint: disable=broad-except
     fail(_describe_flag_error(e, argv, config_flag), e)
   if config_flag in flags.FLAGS and flags.FLAGS[config_flag].value is not None:
@@ -273,6 +360,7 @@ def run_app(run: Callable[..., object], *, config_help: str,
   if model_workdir_help is not None:
     model_workdir = flags.DEFINE_string('model_workdir', None, model_workdir_help)
   flags.mark_flags_as_required(['config', 'workdir'])
+  add_help_listing(sys.argv)
 
   def main(argv):
     if len(argv) > 1:

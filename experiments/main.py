@@ -4,7 +4,9 @@
   python -m experiments.main --config=experiments/configs/vae.py:smoke --workdir=/tmp/smoke
   python -m experiments.main --config=experiments/configs/beta_vae.py --config.loss.beta=4 --workdir=runs/b4
 
-`--config=FILE:PRESET` picks a preset ('smoke', 'colab_tpu'); `--config.a.b=v`
+`--config=FILE:PRESET` picks a preset ('smoke', 'colab_tpu'); `--config=vae:smoke`
+names experiments/configs/vae.py by its short name (--help lists the configs,
+their presets and the data sets); `--config.a.b=v`
 overrides any field, and a field that does not exist is an error. The config's
 `recipe` names the family (`ae_jax.recipes`); each of its stages trains into
 <workdir>/<stage>/ and figures go to <workdir>/figures/. Running again with
@@ -53,6 +55,7 @@ diverged. Set AE_JAX_TRACEBACK=1 to print the traceback too:
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -65,7 +68,9 @@ from experiments import cli
 # sysexits.h EX_TEMPFAIL: the run stopped cleanly but is not finished; run it again.
 EXIT_PREEMPTED = cli.EXIT_PREEMPTED
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, optionally FILE:PRESET.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally FILE:PRESET, or a config by name, NAME[:PRESET] '
+    '(experiments/configs/NAME.py; --help lists them).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False,
@@ -105,6 +110,7 @@ def run() -> None:
   """The command: SIGTERM exits with 75 until the loop runs, one-line errors, then `main`."""
   cli.exit_on_early_sigterm()
   cli.show_config_warnings()
+  cli.add_help_listing(sys.argv)
   app.run(main, flags_parser=cli.parse_flags)
 
 

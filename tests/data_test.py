@@ -180,7 +180,7 @@ def test_missing_tfds_dataset_raises_one_clear_error(tmp_path, no_network):
   message = str(info.value)
   assert isinstance(info.value, ValueError)
   assert 'mnist 3.0.1' in message and str(empty) in message
-  assert 'tfds build mnist --file_format=array_record' in message
+  assert f'python -m ae_jax.data.prepare mnist --download --data_dir {empty}' in message
   assert "'mnist5k'" in message
 
   with pytest.raises(data.DatasetNotFoundError) as info:
@@ -563,5 +563,8 @@ def test_prepared_split_is_decoded_once_and_equals_its_records(
 def test_prepare_cli_reports_what_it_did(prepared_fashion_mnist, capsys):
   assert prepare.main(['fashion_mnist', '--data_dir', prepared_fashion_mnist]) == 0
   assert 'already prepared' in capsys.readouterr().out
+  # MNIST prepares from its original files: none given, none downloaded, it says how.
   assert prepare.main(['mnist', '--data_dir', prepared_fashion_mnist]) == 1
-  assert 'tfds build mnist' in capsys.readouterr().err
+  assert 'python -m ae_jax.data.prepare mnist --download' in capsys.readouterr().err
+  assert prepare.main(['kmnist', '--data_dir', prepared_fashion_mnist]) == 1
+  assert 'tfds build kmnist' in capsys.readouterr().err

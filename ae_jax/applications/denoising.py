@@ -51,6 +51,7 @@ References:
 from __future__ import annotations
 
 import functools
+import importlib
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -123,6 +124,20 @@ def add_noise(images: np.ndarray, sigma: float, key: jax.Array) -> np.ndarray:
   return np.asarray(corruption.gaussian_noise(x, key, sigma=float(sigma)))
 
 
+def _skimage(submodule: str):
+  """`skimage.<submodule>`; scikit-image (and PyWavelets, for the wavelet denoiser) come
+  with the `apps` extra, not with ae-jax itself."""
+  try:
+    return importlib.import_module(f'skimage.{submodule}')
+  except ModuleNotFoundError as e:
+    if e.name is None or not e.name.startswith('skimage'):
+      raise
+    raise ModuleNotFoundError(
+        'ae_jax.applications.denoising needs scikit-image and PyWavelets: '
+        "pip install 'ae-jax[apps]' (or pip install scikit-image PyWavelets).",
+        name=e.name) from e
+
+
 # --- Metrics -----------------------------------------------------------------------------
 
 
@@ -132,7 +147,7 @@ def psnr(clean: np.ndarray, estimate: np.ndarray) -> np.ndarray:
   `skimage.metrics.peak_signal_noise_ratio(data_range=1)` per image; inf
   where an estimate is exact.
   """
-  from skimage import metrics  # pylint: disable=g-import-not-at-top
+  metrics = _skimage('metrics')
   clean, estimate = _as_batch(clean), _as_batch(estimate)
   return np.array([metrics.peak_signal_noise_ratio(c, e, data_range=1.0)
                    for c, e in zip(clean, estimate)])
@@ -141,7 +156,7 @@ def psnr(clean: np.ndarray, estimate: np.ndarray) -> np.ndarray:
 def ssim(clean: np.ndarray, estimate: np.ndarray) -> np.ndarray:
   """Per-image SSIM of images [N, H, W, C] in [0, 1] (`skimage.metrics.structural_similarity`,
   data range 1, 7x7 uniform window, averaged over channels)."""
-  from skimage import metrics  # pylint: disable=g-import-not-at-top
+  metrics = _skimage('metrics')
   clean, estimate = _as_batch(clean), _as_batch(estimate)
   channel_axis = -1 if clean.shape[-1] > 1 else None
   squeeze = (lambda a: a) if channel_axis is not None else (lambda a: a[..., 0])
@@ -177,7 +192,7 @@ def classical_denoise(noisy: np.ndarray, method: str, *, sigma: float, **params:
   Returns:
     Denoised images, float32 [N, H, W, C], clipped to [0, 1].
   """
-  from skimage import restoration  # pylint: disable=g-import-not-at-top
+  restoration = _skimage('restoration')
   if method == 'tv':
     fn = lambda im: restoration.denoise_tv_chambolle(im, weight=params['weight'])
   elif method == 'wavelet':
@@ -342,9 +357,7 @@ def format_table(tables: Mapping[str, Mapping[str, Any]]) -> str:
 
 def load_photo(name: str) -> np.ndarray:
   """A `skimage.data` picture as grayscale float32 [H, W] in [0, 1]."""
-  from skimage import color  # pylint: disable=g-import-not-at-top
-  from skimage import data as sk_data  # pylint: disable=g-import-not-at-top
-  from skimage import util  # pylint: disable=g-import-not-at-top
+  color, sk_data, util = _skimage('color'), _skimage('data'), _skimage('util')
   image = getattr(sk_data, name)()
   if image.ndim == 3:
     image = color.rgb2gray(image[..., :3])

@@ -127,7 +127,7 @@ class OfflineFashionMNIST(
     if not len(images) == len(labels) == num_examples:
       raise ValueError(
           f'{images_path} holds {len(images)} images and {labels_path}'
-          f' {len(labels)} labels; Fashion-MNIST has {num_examples}.'
+          f' {len(labels)} labels; {self.name} has {num_examples}.'
       )
     # Keys are the positions in the idx files, as in the official builder, so
     # the record order matches an official build.

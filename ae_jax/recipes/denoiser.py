@@ -75,7 +75,7 @@ def images(config, split: str) -> np.ndarray:
   The photo patches are cached, so they come read-only.
   """
   if config.data.name != PHOTOS:
-    return data_lib.load_arrays(config.data.name, split, data_dir=config.data.data_dir)[0]
+    return common.load_arrays(config, split)[0]
   photos = config.data.photos
   if split == 'train':
     return _photo_patches(tuple(photos.train), photos.patch_size, photos.num_train,
@@ -93,6 +93,8 @@ def _batches(config, split: str, *, batch_size: int, shuffle: bool, start_step: 
   data = config.data.name
   if data == PHOTOS:
     data = (images(config, split),)
+  elif data_lib.sources.is_own_data(data):
+    data = common.data_source(config, split)
   return data_lib.batches(data, split, batch_size=batch_size, seed=config.data.shuffle_seed,
                           shuffle=shuffle, drop_remainder=num_epochs is None,
                           binarize=config.data.binarize, num_epochs=num_epochs,
@@ -102,9 +104,7 @@ def _batches(config, split: str, *, batch_size: int, shuffle: bool, start_step: 
 def _element_shape(config) -> tuple[int, int, int]:
   if config.data.name == PHOTOS:
     return (config.data.photos.patch_size,) * 2 + (1,)
-  source = data_lib.open_source(config.data.name, config.data.train_split,
-                                data_dir=config.data.data_dir)
-  return tuple(source.element_shape)
+  return tuple(common.data_source(config, config.data.train_split).element_shape)
 
 
 def _model_and_objective(config):

@@ -136,8 +136,10 @@ def encode_split(model, variables, config, split: str) -> np.ndarray:
   """
   encode = common.jit_apply(model, 'encode')
   codes = []
+  data = (common.data_source(config, split) if data_lib.sources.is_own_data(config.data.name)
+          else config.data.name)
   for batch in data_lib.batches(
-      config.data.name, split, batch_size=config.data.eval_batch_size, shuffle=False,
+      data, split, batch_size=config.data.eval_batch_size, shuffle=False,
       drop_remainder=False, num_epochs=1, data_dir=config.data.data_dir,
       process_index=0, process_count=1):
     z = np.asarray(encode(variables, jnp.asarray(batch['image'])))

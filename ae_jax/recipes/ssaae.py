@@ -180,8 +180,7 @@ def _split_labels(source, chunk: int = 4096) -> np.ndarray:
 
 def labelled_set(config, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   """Images [L, H, W, C] and labels [L] of the train split's labelled examples."""
-  source = data_lib.open_source(config.data.name, config.data.train_split,
-                                data_dir=config.data.get('data_dir'))
+  source = common.data_source(config, config.data.train_split)
   index = labelled_indices(_split_labels(source), config.data.num_labels,
                            num_classes=num_classes, seed=config.data.label_seed)
   images, labels = source.get(index)

@@ -27,7 +27,6 @@ from typing import Any
 
 import jax
 
-from ae_jax import data as data_lib
 from ae_jax import objectives
 from ae_jax.applications import tcvae
 from ae_jax.recipes import common
@@ -39,8 +38,7 @@ OBJECTIVES = ('vae', 'tcvae')
 
 def dataset_size(config) -> int:
   """N, the number of examples of the train split of `config.data`."""
-  return len(data_lib.open_source(config.data.name, config.data.train_split,
-                                  data_dir=config.data.data_dir))
+  return len(common.data_source(config, config.data.train_split))
 
 
 def _model_and_objective(config):

@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ae_jax import data as data_lib
 from ae_jax import models
 from ae_jax import objectives
 from ae_jax import parallel
@@ -111,8 +110,7 @@ def _validate_prior(config) -> None:
   for field in ('batch_size', 'eval_batch_size'):
     common.check_divisible(f'config.prior.{field}', cfg[field])
   _prior_optimizer(config)
-  num_train = len(data_lib.open_source(config.data.name, config.data.train_split,
-                                       data_dir=config.data.get('data_dir')))
+  num_train = len(common.data_source(config, config.data.train_split))
   if cfg.batch_size > num_train:
     raise ValueError(f'config.prior.batch_size={cfg.batch_size} exceeds the {num_train} '
                      f'training grids of {config.data.name!r}.')
@@ -150,7 +148,7 @@ def make_stage(config, name, trained):
 def code_grids(config, fitted: Trained, split: str) -> np.ndarray:
   """Code indices int32 [N, h, w] of the whole `split` under the fitted VQ-VAE."""
   from ae_jax.applications import vq_prior  # pylint: disable=g-import-not-at-top
-  images, _ = data_lib.load_arrays(config.data.name, split, data_dir=config.data.get('data_dir'))
+  images, _ = common.load_arrays(config, split)
   return vq_prior.encode_indices(fitted.stage.model, fitted.variables, images)
 
 

@@ -259,8 +259,8 @@ def config_changes(old: Mapping[str, Any], config: ml_collections.ConfigDict
   resumable, refused = [], []
   for field in sorted(set(before) | set(after)):
     a, b = before.get(field, '<absent>'), after.get(field, '<absent>')
-    if a == b:
-      continue
+    if a == b or (a == '<absent>' and b is None):
+      continue  # A field added since (None: its default) changes nothing.
     line = f'{field}: {a!r} -> {b!r}'
     ok = (any(fnmatch.fnmatchcase(field, p) for p in RESUMABLE_FIELDS)
           and field not in _NOT_RESUMABLE)

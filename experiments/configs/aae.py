@@ -41,6 +41,9 @@ from experiments.configs import common
 PRIOR_CHOICES = ('gaussian', 'mixture', 'conditional')
 LABEL_CHOICES = ('semisupervised', 'supervised')
 DATA_CHOICES = ('fashion',)
+# The arguments get_config takes, for the launcher's --help (comma-separated combinations too).
+ARGS = (common.PRESETS + PRIOR_CHOICES + LABEL_CHOICES
+        + tuple(f'{c},{d}' for c in LABEL_CHOICES for d in DATA_CHOICES))
 
 
 def _parse(arg):

@@ -29,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
       name='mnist5k', train_split='train', eval_split='test', batch_size=128,
       eval_batch_size=500, binarize=False, data_dir=config_dict.placeholder(str),
       shuffle_seed=0))
+  # (H, W, C) that 'folder:PATH' images are cropped and resized to (None: 28x28x1);
+  # for 'npz:PATH', checked against the stored shape. Other data: leave None.
+  config.data.image_shape = config_dict.placeholder(tuple)
 
   config.train = ml_collections.ConfigDict(dict(
       seed=0, num_train_steps=2000, log_every_steps=50, eval_every_steps=500,

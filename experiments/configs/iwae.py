@@ -18,6 +18,9 @@ the two `*_per_example.npy` files pair image by image.
 
 from experiments.configs import common
 
+# The arguments get_config takes, for the launcher's --help.
+ARGS = common.PRESETS + ('elbo',)
+
 
 def get_config(arg=None):
   config = common.base_config()

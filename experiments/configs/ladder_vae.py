@@ -24,6 +24,9 @@ IWAE training instead of the ELBO (not with batch normalisation):
 
 from experiments.configs import common
 
+# The arguments get_config takes, for the launcher's --help.
+ARGS = common.PRESETS + ('collapsed', 'vae_equal_params')
+
 # The one-layer VAE with the default ladder's parameter count: 784-H-(μ, log σ²)
 # of Z and Z-H-784 has (784 + 1) H + 2 (H + 1) Z + (Z + 1) H + (H + 1) 784
 # parameters; see get_config('vae_equal_params').

@@ -23,6 +23,9 @@ import ml_collections
 from ae_jax.molecules import tokenizer
 from experiments.configs import common
 
+# The arguments get_config takes, for the launcher's --help (comma-separated combinations too).
+ARGS = common.PRESETS + tuple(tokenizer.REPRESENTATIONS)
+
 # Longest molecule of MOSES train + test + test_scaffolds, in tokens, plus
 # <bos> and <eos> (counted with ae_jax.molecules.tokenizer).
 MAX_LENGTH = {'smiles': 56, 'selfies': 57}

@@ -48,6 +48,9 @@ VARIANTS = {
                                     num_probes=4)),
 }
 
+# The arguments get_config takes, for the launcher's --help (comma-separated combinations too).
+ARGS = common.PRESETS + tuple(VARIANTS)
+
 
 def parse_arg(arg: str | None) -> tuple[str, str]:
   """(variant, preset) from 'variant', 'preset' or 'variant,preset'."""

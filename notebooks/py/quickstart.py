@@ -24,20 +24,34 @@
 # under a minute on a laptop CPU; set `FULL = True` below for the full-size run.
 
 # %%
-# Install. On Colab: ae-jax from GitHub, plus jax[tpu] on a TPU runtime.
-# Elsewhere nothing: run `make install` in the repository and pick its .venv
-# as the kernel.
+# Install. On Colab: a checkout of ae-jax (the notebooks import its configs from
+# experiments/, which the installed package does not hold), installed with pip,
+# plus jax[tpu] on a TPU runtime. The one setting, AE_JAX_SOURCE: the git URL of
+# the ae-jax repository, or the path of a checkout; unset, the cell stops and
+# says so. Elsewhere nothing: run `make install` in the repository and pick its
+# .venv as the kernel.
 import glob
 import importlib.util
 import os
 import subprocess
 import sys
 
-AE_JAX_SOURCE = os.environ.get('AE_JAX_SOURCE', 'git+https://github.com/OWNER/ae-jax')
-if 'google.colab' in sys.modules and importlib.util.find_spec('ae_jax') is None:
+AE_JAX_SOURCE = os.environ.get('AE_JAX_SOURCE', '')  # e.g. 'https://github.com/<you>/ae-jax'
+if 'google.colab' in sys.modules and importlib.util.find_spec('experiments') is None:
+    if not AE_JAX_SOURCE:
+        raise RuntimeError(
+            'AE_JAX_SOURCE is not set: set it to the git URL of the ae-jax repository (or the '
+            "path of a checkout), e.g. os.environ['AE_JAX_SOURCE'] = "
+            "'https://github.com/<you>/ae-jax', then run this cell again.")
+    checkout = AE_JAX_SOURCE
+    if not os.path.isdir(checkout):
+        checkout = os.path.abspath('ae-jax')
+        if not os.path.isdir(checkout):
+            subprocess.run(['git', 'clone', '--depth=1', AE_JAX_SOURCE, checkout], check=True)
     on_tpu = bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
-    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', AE_JAX_SOURCE,
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', f'{checkout}[mnist5k]',
                     *(['jax[tpu]'] if on_tpu else [])], check=True)
+    sys.path.append(checkout)  # The configs (experiments/); ae_jax is the installed one.
 
 # %%
 FULL = False  # True: the config's full size, 2,000 steps of batch 128 (a minute or two on a CPU).

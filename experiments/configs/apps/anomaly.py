@@ -15,6 +15,8 @@ anomalous) with reconstruction error, negative ELBO, the IWAE estimate of
 
 from experiments.configs.apps import base
 
+ARGS = base.ARGS  # for the launcher's --help
+
 
 def get_config(arg=None):
   preset, model = base.parse_arg(arg, default_model='vae')

@@ -17,6 +17,9 @@ import ml_collections
 
 from experiments.configs import common
 
+# The arguments get_config takes, for the launcher's --help (comma-separated combinations too).
+ARGS = common.PRESETS + ('model=<config>',)
+
 
 def parse_arg(arg: str | None, *, default_model: str) -> tuple[str, str]:
   """(preset, model config name) from 'preset', 'model=name' or both, comma-separated."""

@@ -22,6 +22,8 @@ from experiments.configs.apps import base
 
 # Presets of this config only, on top of `base.parse_arg`'s.
 FASHION = 'fashion'
+# The arguments get_config takes, for the launcher's --help (comma-separated combinations too).
+ARGS = base.ARGS + (FASHION,)
 
 
 def get_config(arg=None):

@@ -20,6 +20,9 @@ import ml_collections
 
 from experiments.configs import common
 
+# The arguments get_config takes, for the launcher's --help.
+ARGS = ('default', 'smoke')
+
 
 def get_config(arg=None):
   preset = arg or 'default'

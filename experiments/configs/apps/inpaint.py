@@ -17,6 +17,8 @@ fixed.
 
 from experiments.configs.apps import base
 
+ARGS = base.ARGS  # for the launcher's --help
+
 
 def get_config(arg=None):
   preset, model = base.parse_arg(arg, default_model='vae')

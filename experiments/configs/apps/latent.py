@@ -12,6 +12,8 @@ codes, and traverses the most active latent dimensions.
 
 from experiments.configs.apps import base
 
+ARGS = base.ARGS  # for the launcher's --help
+
 
 def get_config(arg=None):
   preset, model = base.parse_arg(arg, default_model='vae')

@@ -16,6 +16,8 @@ vq_prior.json and the figures (see `ae_jax/recipes/vqvae.py`).
 
 from experiments.configs.apps import base
 
+ARGS = base.ARGS  # for the launcher's --help
+
 
 def get_config(arg=None):
   preset, model = base.parse_arg(arg, default_model='vqvae')
