@@ -10,6 +10,7 @@ failed, as it does a test that crashes instead.
 """
 
 import os
+import socket
 import sys
 
 import pytest
@@ -48,3 +49,14 @@ def pytest_collection_modifyitems(config, items):
     item.add_marker(pytest.mark.xfail(
         strict=True, raises=AssertionError,
         reason='claims learning: must fail its assertions when nothing is trained'))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  """Any attempt to open a connection fails the test."""
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f'network access attempted: {args}')
+
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
+  monkeypatch.setattr(socket, 'create_connection', refuse)

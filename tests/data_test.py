@@ -8,7 +8,6 @@ import doctest
 import gzip
 import hashlib
 import os
-import socket
 import time
 
 import numpy as np
@@ -41,17 +40,6 @@ def _assert_batches_equal(a, b):
     assert sorted(x) == sorted(y)
     for k in x:
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-  """Any attempt to open a connection fails the test."""
-
-  def refuse(*args, **kwargs):
-    raise AssertionError(f'network access attempted: {args}')
-
-  monkeypatch.setattr(socket.socket, 'connect', refuse)
-  monkeypatch.setattr(socket, 'create_connection', refuse)
 
 
 # ---------------------------------------------------------------------------

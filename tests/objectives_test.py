@@ -108,12 +108,17 @@ def test_vae_warmup_and_capacity_schedules():
       loss, metrics['recon'] + 100.0 * jnp.abs(metrics['kl'] - 10.0), rtol=1e-5)
 
 
-@pytest.mark.parametrize('mode', ['jacrev', 'dense_first', 'auto'])
-def test_contractive_modes_agree(mode):
+def _contractive_model_and_batch():
+  """A small sigmoid MLP autoencoder, 4 images and its parameters."""
   model = models.MLPAutoencoder(hidden=(32, 16), latent_dim=8, activation='sigmoid',
                                 latent_activation='sigmoid')
   batch = _image_batch(4)
-  params = _init(model, batch)
+  return model, batch, _init(model, batch)
+
+
+@pytest.mark.parametrize('mode', ['jacrev', 'dense_first', 'auto'])
+def test_contractive_modes_agree(mode):
+  model, batch, params = _contractive_model_and_batch()
   reference, _ = objectives.make_contractive_objective(model, weight=1.0, mode='jacfwd')(
       params, batch, KEY)
   loss, metrics = objectives.make_contractive_objective(model, weight=1.0, mode=mode)(
@@ -125,10 +130,7 @@ def test_contractive_modes_agree(mode):
 def test_contractive_estimate_averages_to_the_exact_penalty():
   """mode='estimate' on a dense-first model: same reconstruction as the exact
   mode, and a penalty whose mean over fresh probes is the exact one."""
-  model = models.MLPAutoencoder(hidden=(32, 16), latent_dim=8, activation='sigmoid',
-                                latent_activation='sigmoid')
-  batch = _image_batch(4)
-  params = _init(model, batch)
+  model, batch, params = _contractive_model_and_batch()
   _, exact = objectives.make_contractive_objective(model, weight=1.0, mode='jacfwd')(
       params, batch, KEY)
   estimate = jax.jit(jax.vmap(lambda k: objectives.make_contractive_objective(

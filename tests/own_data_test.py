@@ -9,7 +9,6 @@ subfolders. The launcher runs (integration tier) train `vae:smoke` and
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
@@ -24,17 +23,6 @@ from experiments import cli
 from experiments.configs import vae as vae_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-  """Any attempt to open a connection fails the test."""
-
-  def refuse(*args, **kwargs):
-    raise AssertionError(f'network access attempted: {args}')
-
-  monkeypatch.setattr(socket.socket, 'connect', refuse)
-  monkeypatch.setattr(socket, 'create_connection', refuse)
 
 
 def _npz(tmp_path, name='d.npz', **arrays):
