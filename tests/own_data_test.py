@@ -244,7 +244,7 @@ def test_configs_with_own_data_validate_and_unusable_data_is_named(tmp_path):
                                        r'config.data.image_shape 784 values'):
     training.validate(_config(_folder(tmp_path), image_shape=(32, 32, 3)))
   with pytest.raises(ValueError, match=r"config.data.image_shape=\(28, 28, 1\) has no effect on "
-                                       r"'mnist5k'"):
+                                       r"'mnist5k': only 'folder:PATH' and TFDS images"):
     training.validate(_config('mnist5k', image_shape=(28, 28, 1)))
   with pytest.raises(ValueError, match="config.data.data_dir='/x' has no effect: .* is read "
                                        'from its own path'):
@@ -254,17 +254,22 @@ def test_configs_with_own_data_validate_and_unusable_data_is_named(tmp_path):
 
 
 def test_tfds_dataset_ae_jax_cannot_read_is_refused_before_preparation(tmp_path, no_network):
-  # imagenette's images have no fixed size: refused without asking for a build.
+  # imagenette's images have no fixed size: refused, without asking for a build,
+  # unless an image_shape says what to resize them to.
   empty = tmp_path / 'tfds'
   empty.mkdir()
   with pytest.raises(ValueError) as info:
     data.open_source('tfds:imagenette', 'train', data_dir=str(empty))
   message = str(info.value)
   assert not isinstance(info.value, data.DatasetNotFoundError)
-  assert '(None, None, 3)' in message and "'folder:PATH'" in message
+  assert '(None, None, 3)' in message and 'config.data.image_shape' in message
   assert 'tfds build' not in message and 'not prepared' not in message
-  with pytest.raises(ValueError, match=r"imagenette' has images of shape \(None, None, 3\)"):
+  with pytest.raises(ValueError, match=r"imagenette' has images of varying size \(None, None, "
+                                       r'3\); set config.data.image_shape'):
     training.validate(_config('tfds:imagenette', data_dir=str(empty)))
+  # With a shape it is usable, so the next question is whether it is prepared.
+  with pytest.raises(data.DatasetNotFoundError, match='not prepared'):
+    data.open_source('tfds:imagenette', 'train', data_dir=str(empty), image_shape=(28, 28, 1))
   # A usable one that is not prepared still says how to prepare it.
   with pytest.raises(data.DatasetNotFoundError, match='prepare cifar10 --download'):
     data.open_source('tfds:cifar10', 'train', data_dir=str(empty))
@@ -343,3 +348,52 @@ def test_a_run_from_before_image_shape_existed_still_resumes():
   config.data.image_shape = (28, 28, 1)
   assert run.config_changes(old, config) == (
       [], ["data.image_shape: '<absent>' -> [28, 28, 1]"])
+
+
+def test_tfds_images_are_converted_cropped_and_resized_to_image_shape(no_network):
+  """tfds:NAME with an image_shape: each image as PIL converts (grey or RGB), center-crops
+  and resizes it; the reference is PIL applied here to the mocked records."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=6):
+    colour = tfds.data_source('cifar10', split='train')
+    for shape, mode in (((28, 28, 1), 'L'), ((16, 24, 3), 'RGB')):
+      for in_memory in (False, True):
+        source = data.open_source('tfds:cifar10', 'train', image_shape=shape)
+        if not in_memory:
+          source = sources.TfdsSource('tfds:cifar10', 'train', image_shape=shape, in_memory=False)
+        assert source.element_shape == shape
+        images, labels = source.get(np.arange(4))
+        assert images.shape == (4, *shape) and images.dtype == np.float32
+        for i in range(4):
+          image = Image.fromarray(colour[i]['image']).convert(mode)
+          if shape[:2] == (16, 24):  # 32x32 to a 2:3 box: rows 5..26 kept (21.33 -> 21).
+            image = image.crop((0, 5, 32, 26))
+          want = np.asarray(image.resize(shape[1::-1], Image.Resampling.BILINEAR), np.float32)
+          np.testing.assert_array_equal(images[i], want.reshape(shape) / np.float32(255))
+          assert labels[i] == colour[i]['label']
+    # Varying sizes (imagenette) all come out at the one shape.
+    images, _ = data.open_source('tfds:imagenette', 'train', image_shape=(20, 20, 3)).get(
+        np.arange(6))
+    assert images.shape == (6, 20, 20, 3) and 0.0 <= images.min() and images.max() <= 1.0
+    # The native shape asked for: the records as stored.
+    same = data.open_source('tfds:cifar10', 'train', image_shape=(32, 32, 3)).get(np.arange(2))[0]
+    np.testing.assert_array_equal(
+        same, np.stack([colour[i]['image'] for i in range(2)]).astype(np.float32) / np.float32(255))
+
+
+@pytest.mark.integration
+def test_tfds_images_resized_train_a_smoke_preset(tmp_path, no_network):
+  """vae:smoke (784 inputs) on CIFAR-10's 32x32 colour images resized to 28x28 grey:
+  validated, fitted by the loop and evaluated (TFDS's mock data, no files)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = vae_config.get_config('smoke')
+  config.data.name = 'tfds:cifar10'
+  config.data.image_shape = (28, 28, 1)
+  with tfds.testing.mock_data(num_examples=64):
+    recipe = training.validate(config)
+    stage = recipe.make_stage(config, recipe.stages(config)[0], {})
+    first = next(stage.train_data(0))
+    assert first['image'].shape == (config.data.batch_size, 28, 28, 1)
+    trained = training.fit(stage, str(tmp_path / 'model'), faults='')
+  assert int(trained.state.step) == config.train.num_train_steps
+  assert np.isfinite(trained.metrics['loss'])

@@ -621,11 +621,13 @@ def _not_prepared_error(
   )
 
 
-def tfds_builder(name: str, data_dir: str | None = None) -> Any:
+def tfds_builder(name: str, data_dir: str | None = None, image_shape: Any = None) -> Any:
   """The TFDS builder of `name` ('tfds:<name>' or a `TFDS_DATASETS` name), once
-  its features say ae-jax can read it: an 'image' feature of fixed shape
-  [H, W, C] and dtype uint8. Reads no data and needs none prepared, so a dataset
-  ae-jax cannot use is refused before anyone prepares it.
+  its features say ae-jax can read it: an 'image' feature of dtype uint8 with 1
+  or 3 channels, of one fixed [H, W, C] unless `image_shape` is given (then
+  every image is converted, center-cropped and resized to it). Reads no data
+  and needs none prepared, so a dataset ae-jax cannot use is refused before
+  anyone prepares it.
 
   Raises:
     ValueError: an unknown name, or features ae-jax cannot use (saying what
@@ -641,17 +643,20 @@ def tfds_builder(name: str, data_dir: str | None = None) -> Any:
   except tfds.core.registered.DatasetNotFoundError:
     raise _unknown_name_error(name) from None
   features = builder.info.features
-  instead = (f"Use datasets of fixed-size uint8 images (mnist, fashion_mnist, cifar10, ...),"
-             f" or write your images to files and use '{FOLDER_PREFIX}PATH', which"
-             ' crops and resizes them to config.data.image_shape.')
+  instead = (f"Use datasets of uint8 images (mnist, fashion_mnist, cifar10, ...; images of"
+             ' varying size with config.data.image_shape set), or write your images to files'
+             f" and use '{FOLDER_PREFIX}PATH'.")
   if 'image' not in getattr(features, 'keys', lambda: ())():
     raise ValueError(f'TFDS dataset {tfds_name!r} has no \'image\' feature (its features:'
                      f' {sorted(getattr(features, "keys", lambda: ())())}), which ae-jax'
                      f' reads. {instead}')
   shape = tuple(features['image'].shape)
-  if None in shape or len(shape) != 3:
+  if len(shape) != 3 or shape[-1] not in (1, 3):
     raise ValueError(f'TFDS dataset {tfds_name!r} has images of shape {shape}; ae-jax'
-                     f' needs one fixed [H, W, C] for the whole dataset. {instead}')
+                     f' reads [H, W, C] images with 1 or 3 channels. {instead}')
+  if None in shape and image_shape is None:
+    raise ValueError(f'TFDS dataset {tfds_name!r} has images of varying size {shape}; set'
+                     ' config.data.image_shape (H, W, C) to crop and resize them to one shape.')
   dtype = np.dtype(features['image'].np_dtype)
   if dtype != np.uint8:
     raise ValueError(f'TFDS dataset {tfds_name!r} has {dtype} images; ae-jax reads uint8'
@@ -676,10 +681,13 @@ class TfdsSource:
     data_dir: TFDS data directory (default `default_data_dir()`).
     in_memory: decode the whole split now (True), never (False), or if it fits
       the budget (None).
+    image_shape: (H, W, C) every image is converted to (grey or RGB),
+      center-cropped to the aspect of and resized to, as 'folder:PATH' images
+      are; None serves the dataset's own fixed shape.
   """
 
   def __init__(self, name: str, split: str, *, data_dir: str | None = None,
-               in_memory: bool | None = None):
+               in_memory: bool | None = None, image_shape: Any = None):
     self.name = name
     self.split = split
     tfds_name = _tfds_name(name)
@@ -688,7 +696,7 @@ class TfdsSource:
     # TFDS takes about a second to import: only a TFDS dataset pays for it.
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     # Whether ae-jax can use the dataset at all, before whether it is prepared.
-    builder = tfds_builder(name, data_dir)
+    builder = tfds_builder(name, data_dir, image_shape)
     mocked = _tfds_is_mocked()
     if not mocked:
       if not builder.is_prepared():
@@ -711,7 +719,10 @@ class TfdsSource:
     features = builder.info.features
     self._has_label = 'label' in features
     self._max_value = np.float32(_TFDS_MAX_VALUE.get(tfds_name, 255.0))
-    self._element_shape = tuple(features['image'].shape)
+    stored = tuple(features['image'].shape)
+    self._target_shape = (None if image_shape is None or check_image_shape(image_shape) == stored
+                          else check_image_shape(image_shape))
+    self._element_shape = self._target_shape or stored
     self._mocked = mocked
     self._data_source = builder.as_data_source(
         split=split, file_format='array_record'
@@ -723,7 +734,7 @@ class TfdsSource:
     if in_memory:
       # Mocked examples depend on the mock's arguments: never shared.
       self._pixels, self._labels = self._decoded(
-          None if mocked else (os.fspath(builder.data_dir), split))
+          None if mocked else (os.fspath(builder.data_dir), split, self._target_shape))
 
   @property
   def element_shape(self) -> tuple[int, int, int]:
@@ -775,6 +786,10 @@ class TfdsSource:
         raise ValueError(
             f'{self.name}: expected uint8 images, got {image.dtype}.'
         )
+      if self._target_shape is not None:
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+        image = _fit_image(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image),
+                           self._target_shape)
       pixels[row] = image
       if self._has_label:
         labels[row] = record['label']
@@ -785,7 +800,7 @@ class TfdsSource:
       )
     return pixels, labels
 
-  def _decoded(self, key: tuple[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+  def _decoded(self, key: tuple[Any, ...] | None) -> tuple[np.ndarray, np.ndarray]:
     """Every record's pixels and labels, from the process's cache under `key`."""
     with _DECODED_LOCK:
       if key in _DECODED:
@@ -833,8 +848,9 @@ def open_source(
       slicing syntax, e.g. 'train[:90%]'). Ignored for arrays.
     data_dir: TFDS data directory (default `default_data_dir()`).
     image_shape: (H, W, C) that a 'folder:PATH' dataset's images are
-      cropped and resized to (default `DEFAULT_FOLDER_SHAPE`); for 'npz:PATH'
-      the stored shape, checked. Other datasets: must be None.
+      cropped and resized to (default `DEFAULT_FOLDER_SHAPE`), and a TFDS
+      dataset's (default: its own fixed shape); for 'npz:PATH' the stored
+      shape, checked. Other datasets: must be None.
 
   Returns:
     A source.
@@ -843,11 +859,12 @@ def open_source(
     ValueError: unknown name or split, invalid arrays, unusable own data.
     DatasetNotFoundError: a TFDS dataset that is not prepared in `data_dir`.
   """
-  if image_shape is not None and not is_own_data(data):
+  is_tfds = isinstance(data, str) and (data in TFDS_DATASETS or data.startswith(TFDS_PREFIX))
+  if image_shape is not None and not (is_own_data(data) or is_tfds):
     raise ValueError(
         f'image_shape={image_shape!r} has no effect on {data!r}: only'
-        f" '{FOLDER_PREFIX}PATH' images are resized ('{NPZ_PREFIX}PATH' checks it);"
-        ' leave it at None.')
+        f" '{FOLDER_PREFIX}PATH' and TFDS images are resized ('{NPZ_PREFIX}PATH' checks"
+        ' it); leave it at None.')
   if isinstance(data, str):
     if is_own_data(data):
       images, labels = _own_arrays(data, split, image_shape)
@@ -856,7 +873,7 @@ def open_source(
       images, labels = _in_memory_arrays(data, split)
       return ArraySource(name=data, images=images, labels=labels)
     if data in TFDS_DATASETS or data.startswith(TFDS_PREFIX):
-      return TfdsSource(data, split, data_dir=data_dir)
+      return TfdsSource(data, split, data_dir=data_dir, image_shape=image_shape)
     raise _unknown_name_error(data)
   if isinstance(data, dict):
     if 'image' not in data:

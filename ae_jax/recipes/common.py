@@ -447,13 +447,14 @@ def split_info(data_config: Mapping[str, Any], split: str) -> tuple[int, tuple[i
   tfds_name = name.removeprefix(data_lib.sources.TFDS_PREFIX)
   data_dir = os.path.expanduser(data_config.get('data_dir') or data_lib.default_data_dir())
   # Whether ae-jax can read the dataset at all comes before whether it is prepared.
-  data_lib.sources.tfds_builder(name, data_dir)
+  data_lib.sources.tfds_builder(name, data_dir, data_config.get('image_shape'))
   if not os.path.isdir(os.path.join(data_dir, tfds_name)):
     return None
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     info = tfds.builder(tfds_name, data_dir=data_dir).info
-    return info.splits[split].num_examples, tuple(info.features['image'].shape)
+    shape = data_config.get('image_shape') or info.features['image'].shape
+    return info.splits[split].num_examples, tuple(shape)
   except Exception:  # pylint: disable=broad-except
     return None  # Opening the source reports what is wrong, with the fix.
 
@@ -480,11 +481,13 @@ def check_image_data(config: ml_collections.ConfigDict) -> tuple[int, ...] | Non
     raise ValueError(f'config.data.data_dir={data.data_dir!r} has no effect: {name!r} is '
                      f'{"read from its own path" if own_data else "built in"} (data_dir is '
                      'where TFDS datasets are read); leave it at None.')
+  tfds_data = isinstance(name_text, str) and (name_text in data_lib.TFDS_DATASETS or
+                                              name_text.startswith(data_lib.sources.TFDS_PREFIX))
   if data.get('image_shape') is not None:
-    if not own_data:
+    if not (own_data or tfds_data):
       raise ValueError(f'config.data.image_shape={tuple(data.image_shape)!r} has no effect on '
-                       f"{shown!r}: only 'folder:PATH' images are resized to it ('npz:PATH' "
-                       'checks it); leave it at None.')
+                       f"{shown!r}: only 'folder:PATH' and TFDS images are resized to it "
+                       "('npz:PATH' checks it); leave it at None.")
     data_lib.sources.check_image_shape(data.image_shape, what='config.data.image_shape')
   check_dataset_name(name)
   if own_data:
@@ -612,7 +615,8 @@ def image_batches(config: ml_collections.ConfigDict, split: str, *, batch_size: 
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Batches of `split` of `config.data`: this process's rows unless `whole_batch`;
   endless unless `num_epochs`."""
-  data = (data_source(config, split) if data_lib.sources.is_own_data(config.data.name)
+  data = (data_source(config, split) if (data_lib.sources.is_own_data(config.data.name)
+                                          or config.data.get('image_shape') is not None)
           else config.data.name)
   return data_lib.batches(
       data, split, batch_size=batch_size, seed=config.data.shuffle_seed,
