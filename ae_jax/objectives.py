@@ -200,7 +200,8 @@ def make_contractive_objective(
   probes: with a dense first layer, Rademacher probes stacked under the batch
   so data and probes share the first layer's product
   (`losses.contractive_penalty_dense_first_estimate`), else Gaussian probes
-  pulled back through the whole encoder (`losses.contractive_penalty_estimate`). 'auto', the default, is the cheapest exact mode: 'dense_first' when
+  pulled back through the whole encoder (`losses.contractive_penalty_estimate`).
+  'auto', the default, is the cheapest exact mode: 'dense_first' when
   the model has a dense first layer (about 8x the plain AE step for the
   784-256-128-32 encoder, against about 20x for reverse mode over the whole
   encoder; see `make bench`), else the cheaper of 'jacrev' and 'jacfwd' from
@@ -239,37 +240,35 @@ def make_contractive_objective(
         rest_one, u_BxH1, directions.reshape(num_probes, batch_size, -1))
     return logits, penalty
 
-  def objective(params, batch: Batch, key: jax.Array, *, step=0):
-    del step
-    x = batch['image']
+  def logits_and_penalty(params, x, key):
+    """(logits, per-example penalty [B]) of the mode."""
     if mode == 'estimate' and has_dense_first:
-      logits, penalty = dense_first_estimate(params, x, key)
-      recon = batch_mean(
-          reconstruction_loss(logits, x, kind=reconstruction, output_activation=output_activation),
-          batch)
-      penalty = batch_mean(penalty, batch)
-      loss = recon + weight * penalty
-      return loss, {'loss': loss, 'recon': recon, 'contractive': penalty}
-    out = model.apply(params, x)
-    recon = batch_mean(
-        reconstruction_loss(out.logits, x, kind=reconstruction, output_activation=output_activation),
-        batch)
+      return dense_first_estimate(params, x, key)
+    logits = model.apply(params, x).logits
     x_BxD = x.reshape(x.shape[0], -1)
     encode_one = lambda x_D: model.apply(params, x_D[None], method=model.encode)[0]
     if mode == 'dense_first' and hasattr(model, 'rest_layers'):
       # A dense MLP: its transposed Jacobian built layer by layer (same value).
       u_BxH = model.apply(params, x, method=model.encode_first)
-      penalty = losses.contractive_penalty_mlp(
+      return logits, losses.contractive_penalty_mlp(
           u_BxH, model.first_kernel(params), *model.rest_layers(params))
-    elif mode == 'dense_first':
+    if mode == 'dense_first':
       u_BxH = model.apply(params, x, method=model.encode_first)
       rest_one = lambda u_H: model.apply(params, u_H[None], method=model.encode_rest)[0]
-      penalty = losses.contractive_penalty_dense_first(
+      return logits, losses.contractive_penalty_dense_first(
           rest_one, u_BxH, model.first_kernel(params))
-    elif mode == 'estimate':
-      penalty = losses.contractive_penalty_estimate(encode_one, x_BxD, key, num_probes=num_probes)
-    else:
-      penalty = losses.contractive_penalty(encode_one, x_BxD, mode=mode)
+    if mode == 'estimate':
+      return logits, losses.contractive_penalty_estimate(
+          encode_one, x_BxD, key, num_probes=num_probes)
+    return logits, losses.contractive_penalty(encode_one, x_BxD, mode=mode)
+
+  def objective(params, batch: Batch, key: jax.Array, *, step=0):
+    del step
+    x = batch['image']
+    logits, penalty = logits_and_penalty(params, x, key)
+    recon = batch_mean(
+        reconstruction_loss(logits, x, kind=reconstruction, output_activation=output_activation),
+        batch)
     penalty = batch_mean(penalty, batch)
     loss = recon + weight * penalty
     return loss, {'loss': loss, 'recon': recon, 'contractive': penalty}
