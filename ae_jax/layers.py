@@ -258,14 +258,29 @@ def _valid_conv_kernel_grad(inp: Array, cot: Array, kernel_size: tuple[int, ...]
   return w.reshape(tuple(kernel_size) + (c_in, c_out))
 
 
-def _uses_products(kernel_size: Sequence[int], c_out: int) -> bool:
-  """Whether `conv`'s kernel gradient is faster as `_valid_conv_kernel_grad`'s products.
+def _kernel_grad(inp: Array, cot: Array, kernel_size: tuple[int, ...],
+                 strides: tuple[int, ...], padding: str | tuple[tuple[int, int], ...] = 'VALID'
+                 ) -> Array:
+  """dW [*K, C_in, C_out] of y = conv(inp, W) (`strides`, `padding`) at cotangent `cot`.
 
-  Measured per layer at batch 128 on 2 CPU cores (see `conv`): the products
-  win for 1x1 kernels and for a few output channels (32 -> 1: 2.3x); XLA's
-  own backward-filter convolution wins everywhere else (64 -> 64 3x3: 2.3x).
+  For 1x1 kernels and at most 4 output channels, `_valid_conv_kernel_grad`'s
+  matrix products of the padded input (2.3x faster for 32 -> 1); otherwise
+  XLA's own backward-filter convolution (2.3x faster for 64 -> 64 3x3),
+  given the padding rather than a padded input, which XLA would copy.
+  Measured per layer at batch 128 on 2 CPU cores; the same numbers either way.
   """
-  return all(k == 1 for k in kernel_size) or c_out <= 4
+  if all(k == 1 for k in kernel_size) or cot.shape[-1] <= 4:
+    pads = (lax.padtype_to_pads(inp.shape[1:-1], kernel_size, strides, padding)
+            if isinstance(padding, str) else padding)
+    widths = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)]
+    inp_pad = lax.pad(inp, jnp.zeros((), inp.dtype), widths)
+    return _valid_conv_kernel_grad(inp_pad, cot, kernel_size, strides)
+  dn = _dimension_numbers(inp.ndim - 2)
+  shape = jax.ShapeDtypeStruct(tuple(kernel_size) + (inp.shape[-1], cot.shape[-1]), inp.dtype)
+  (dkernel,) = jax.linear_transpose(
+      lambda w: lax.conv_general_dilated(inp, w, strides, padding, dimension_numbers=dn),
+      shape)(cot)
+  return dkernel
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -274,10 +289,9 @@ def conv(x: Array, kernel: Array, strides: tuple[int, ...],
   """`lax.conv_general_dilated` (channels last, no dilation) with a chosen kernel gradient.
 
   The output and the input gradient are JAX's. The kernel gradient is
-  `_valid_conv_kernel_grad` of the padded input (matrix products) for 1x1
-  kernels and for at most 4 output channels, where XLA:CPU's backward-filter
-  convolution is slow, and that convolution itself otherwise: the same
-  numbers either way.
+  `_kernel_grad`'s: matrix products for 1x1 kernels and
+  at most 4 output channels, where XLA:CPU's backward-filter convolution is
+  slow, and that convolution itself otherwise: the same numbers either way.
 
   Args:
     x: inputs [B, *spatial, C_in].
@@ -299,18 +313,10 @@ def _conv_fwd(x, kernel, strides, padding):
 def _conv_bwd(strides, padding, residuals, g):
   x, kernel = residuals
   dn = _dimension_numbers(x.ndim - 2)
-  forward = lambda x, kernel: lax.conv_general_dilated(x, kernel, strides, padding,
-                                                       dimension_numbers=dn)
-  (dx,) = jax.linear_transpose(lambda x: forward(x, kernel), x)(g)
-  kernel_size = kernel.shape[:-2]
-  if not _uses_products(kernel_size, kernel.shape[-1]):
-    (dkernel,) = jax.linear_transpose(lambda k: forward(x, k), kernel)(g)
-    return dx, dkernel
-  pads = (lax.padtype_to_pads(x.shape[1:-1], kernel_size, strides, padding)
-          if isinstance(padding, str) else padding)
-  widths = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)]
-  x_pad = lax.pad(x, jnp.zeros((), x.dtype), widths)
-  dkernel = _valid_conv_kernel_grad(x_pad, g, kernel_size, strides)
+  (dx,) = jax.linear_transpose(
+      lambda x: lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dn),
+      x)(g)
+  dkernel = _kernel_grad(x, g, kernel.shape[:-2], strides, padding)
   return dx, dkernel.astype(kernel.dtype)
 
 
@@ -371,14 +377,7 @@ def _conv_transpose_bwd(strides, padding, residuals, g):
     widths.append((left, s * (a - 1) + k - n - left, 0))
   widths.append((0, 0, 0))
   g_pad = lax.pad(g, jnp.zeros((), g.dtype), widths)
-  c_in, c_out = kernel.shape[-2:]
-  if _uses_products(kernel_size, c_in):
-    v = _valid_conv_kernel_grad(g_pad, x, kernel_size, strides)
-  else:
-    v_shape = jax.ShapeDtypeStruct(tuple(kernel_size) + (c_out, c_in), kernel.dtype)
-    (v,) = jax.linear_transpose(
-        lambda v: lax.conv_general_dilated(g_pad, v, strides, 'VALID', dimension_numbers=dn),
-        v_shape)(x)
+  v = _kernel_grad(g_pad, x, kernel_size, strides)
   dkernel = jnp.flip(v, tuple(range(len(kernel_size)))).swapaxes(-1, -2)
   return dx, dkernel.astype(kernel.dtype)
 
