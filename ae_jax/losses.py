@@ -42,6 +42,7 @@ Messages name the loss, the argument, what was received and what is expected.
 """
 
 from collections.abc import Callable, Sequence
+import functools
 import math
 from typing import Literal
 
@@ -249,7 +250,43 @@ def bernoulli_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
   _check_dtypes('bernoulli_nll', 'floating', logits=logits, targets=targets)
   _check_shapes('bernoulli_nll', ('logits', logits), targets=targets)
   _check_values_in('bernoulli_nll', 'targets', targets, 0.0, 1.0)
-  return _sum_nonbatch(jax.nn.softplus(logits) - targets * logits)
+  return _bernoulli_nll(logits, targets)
+
+
+def _sum_rows(x: jax.Array) -> jax.Array:
+  """[B, ...] -> [B], the sum over the non-batch axes, as a product with ones.
+
+  XLA:CPU runs a large reduction fused with elementwise work as a slow tree of
+  reduce-windows; a matrix-vector product is a fast library call. HIGHEST keeps
+  float32 sums in float32 on every backend (TPUs and GPUs default to fewer bits).
+  """
+  flat = x.reshape(x.shape[0], -1)
+  return jnp.dot(flat, jnp.ones((flat.shape[1],), x.dtype),
+                 precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_jvp
+def _bernoulli_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  # softplus(l) = max(l, 0) + log(1 + e^-|l|): finite for every finite l.
+  # log(1 + u) instead of log1p(u) (u = e^-|l| in (0, 1]) is cheaper on
+  # XLA:CPU and off by at most half an ulp of 1 (6e-8) per pixel.
+  softplus = jnp.maximum(logits, 0.0) + jnp.log(1.0 + jnp.exp(-jnp.abs(logits)))
+  return _sum_rows(softplus - targets * logits)
+
+
+@functools.partial(_bernoulli_nll.defjvp, symbolic_zeros=True)
+def _bernoulli_nll_jvp(primals, tangents):
+  # d/dl = sigmoid(l) - t, d/dt = -l: one pass over the pixels, where
+  # autodiff through the softplus makes three (and the reduction a fourth).
+  logits, targets = primals
+  d_logits, d_targets = tangents
+  per_pixel = jnp.zeros_like(logits)
+  if not isinstance(d_logits, SymbolicZero):
+    sigmoid = 0.5 * jnp.tanh(0.5 * logits) + 0.5  # One tanh: XLA's cheapest sigmoid.
+    per_pixel = (sigmoid - targets) * d_logits
+  if not isinstance(d_targets, SymbolicZero):
+    per_pixel = per_pixel - logits * d_targets
+  return _bernoulli_nll(logits, targets), _sum_rows(per_pixel)
 
 
 def gaussian_nll(x: jax.Array, mean: jax.Array,

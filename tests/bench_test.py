@@ -37,8 +37,9 @@ def test_jax_worker_step_is_the_donated_training_step():
 
 
 def test_bfloat16_precision_reaches_every_product_and_still_trains():
-  """--precision=bfloat16: each dot of the lowered step carries the BF16_BF16_F32
-  algorithm (float32 has none), and the step trains."""
+  """--precision=bfloat16: each dot of the model in the lowered step carries the
+  BF16_BF16_F32 algorithm (float32 has none), and the step trains. The loss's
+  per-example sums (`losses._sum_rows`) ask for HIGHEST and stay float32."""
   config = importlib.import_module('experiments.configs.vae').get_config()
   config.data.batch_size = 16
   recipe = bench.training.validate(config)
@@ -49,7 +50,11 @@ def test_bfloat16_precision_reaches_every_product_and_still_trains():
     text = jax.jit(bench.with_precision(stage.train_step, precision)).lower(
         state, batch, jax.random.key(0)).as_text()
     dots = [line for line in text.splitlines() if 'stablehlo.dot_general' in line]
-    assert dots and all(('lhs_precision_type = bf16' in d) == bf16_dots for d in dots)
+    sums = [d for d in dots if 'precision = [HIGHEST, HIGHEST]' in d]
+    products = [d for d in dots if d not in sums]
+    assert len(sums) == 2  # The Bernoulli likelihood's value and its gradient.
+    assert products and all(('lhs_precision_type = bf16' in d) == bf16_dots for d in products)
+    assert not any('bf16' in d for d in sums)
   step, _ = bench._jax_step('vae', 16, 'bfloat16')
   losses = [float(step()['loss']) for _ in range(5)]
   assert losses[-1] < losses[0]

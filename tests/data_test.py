@@ -357,7 +357,8 @@ def test_binarized_batches_follow_the_documented_formula(drop_remainder):
   # The module docstring of ae_jax.data.pipeline, written out: epoch e visits
   # the permutation of PCG64(SeedSequence([seed, 0, e])), step t takes its
   # rows [j*B, (j+1)*B) (padded with zeros and label -1), and its images are
-  # 1[u < x] with u ~ U[0, 1) float32 from PCG64(SeedSequence([seed, 1, t])).
+  # 1[u < 65536 x] with u the 16-bit words of PCG64(SeedSequence([seed, 1, t]))'s
+  # 64-bit outputs, least significant first (written here with shifts).
   images, labels = _synthetic(10)
   seed, batch_size = 3, 4
   per_epoch = 2 if drop_remainder else 3
@@ -369,9 +370,11 @@ def test_binarized_batches_follow_the_documented_formula(drop_remainder):
     rows = generator(seed, 0, epoch).permutation(10)[j * batch_size:(j + 1) * batch_size]
     x = np.zeros((batch_size, 4, 4, 1), np.float32)
     x[:len(rows)] = images[rows]
-    u = generator(seed, 1, t).random((batch_size, 4, 4, 1), dtype=np.float32)
+    raw = np.random.PCG64(np.random.SeedSequence([seed, 1, t])).random_raw(batch_size * 4)
+    words = [(int(r) >> (16 * k)) & 0xFFFF for r in raw for k in range(4)]
+    u = np.array(words[:batch_size * 16], np.float64).reshape(batch_size, 4, 4, 1)
     assert batch['image'].dtype == np.float32
-    np.testing.assert_array_equal(batch['image'], (u < x).astype(np.float32))
+    np.testing.assert_array_equal(batch['image'], (u < 65536.0 * x).astype(np.float32))
     expected_labels = np.full((batch_size,), -1, np.int32)
     expected_labels[:len(rows)] = labels[rows]
     np.testing.assert_array_equal(batch['label'], expected_labels)

@@ -199,6 +199,10 @@ class NumericalGradientTest(parameterized.TestCase):
       h = jnp.asarray(rng.uniform(0.05, 0.95, size=(6, 4)))
       cases = {
           'bernoulli_nll': (lambda l: losses.bernoulli_nll(l, targets), (a,)),
+          # Its custom JVP, in the targets too (soft targets may carry gradients).
+          'bernoulli_nll_targets': (losses.bernoulli_nll, (a, targets)),
+          'bernoulli_nll_image': (losses.bernoulli_nll,
+                                  (a.reshape(3, 2, 2, 1), targets.reshape(3, 2, 2, 1))),
           'gaussian_nll': (losses.gaussian_nll, (a, b, c)),
           'gaussian_kl': (losses.gaussian_kl, (a, b)),
           'gaussian_kl_between': (losses.gaussian_kl_between, (a, b, c, a)),
