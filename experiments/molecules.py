@@ -65,9 +65,11 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
   # all but about 1 in 20,000 of them (tests/molecules_test.py), so the stored strings
   # serve as the canonical training set (and subset) without canonicalizing 1.6M molecules.
   moses_train = frozenset(molecule_data.read_moses('train'))
+  # SNN, Frag and Scaf against MOSES's own statistics of its whole test set.
+  reference = metrics.moses_test_statistics(molecule_data.moses_data_dir())
   result = metrics.generation_metrics(
       smiles, train_canonical=moses_train, test_properties=test_properties,
-      max_intdiv=cfg.intdiv_max)
+      reference=reference, max_intdiv=cfg.intdiv_max)
   canon = metrics.valid_canonical(smiles)
   if canon:
     result['novelty_vs_training_subset'] = metrics.novelty(canon, frozenset(train_subset.smiles))
@@ -102,8 +104,8 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
         canon[:16], plotting.figure_path(workdir, 'samples.png')))
 
   common.write_json(os.path.join(workdir, 'molecules.json'), result)
-  keys = ('valid', 'unique@1000', 'unique@10000', 'novelty', 'intdiv', 'recon_molecule',
-          'qed_w1', 'logp_w1', 'weight_w1')
+  keys = ('valid', 'unique@1000', 'unique@10000', 'novelty', 'intdiv', 'snn', 'frag', 'scaf',
+          'recon_molecule', 'qed_w1', 'logp_w1', 'weight_w1')
   print('Molecules: ' + ', '.join(f'{k}={result[k]:.4g}' for k in keys if k in result))
   print('Figures: ' + ', '.join(figure_paths))
   return result

@@ -19,6 +19,23 @@ Definitions (Polykovskiy et al. 2020, and the `moses.metrics` code):
                 p = 1 and is slightly lower for p = 2.
   properties    QED, Crippen logP and molecular weight (RDKit), compared with
                 the test set by the Wasserstein-1 distance.
+  SNN           similarity to the nearest neighbour: the mean over the valid
+                generated molecules (duplicates kept) of the largest Tanimoto
+                similarity to a reference molecule, on the same Morgan
+                fingerprints (MOSES's `SNNMetric`).
+  Frag          cosine similarity of the fragment counts of the generated and
+                the reference molecules, a molecule's fragments being the
+                pieces RDKit's `FragmentOnBRICSBonds` cuts it into, as
+                canonical SMILES with the BRICS dummy atoms (`FragMetric`).
+  Scaf          cosine similarity of the Bemis-Murcko scaffold counts
+                (`MurckoScaffold.GetScaffoldForMol`, canonical SMILES), where
+                molecules whose scaffold has fewer than 2 rings count for none
+                (`ScafMetric`, `compute_scaffolds(min_rings=2)`).
+  The counts of SNN, Frag and Scaf are those of `moses/metrics/metrics.py`'s
+  `get_all_metrics`: over the valid generated molecules against the test set.
+  MOSES ships the test set's fingerprints and counts, computed by its own code
+  (`moses/dataset/data/test_stats.npz`); `moses_test_statistics` reads them,
+  and tests/molecules_test.py checks that the functions here give the same.
 
 References:
   Polykovskiy et al., "Molecular Sets (MOSES): a benchmarking platform for
@@ -26,18 +43,23 @@ References:
   "Extended-connectivity fingerprints", J. Chem. Inf. Model. 2010 (Morgan
   fingerprints). Bickerton et al., "Quantifying the chemical beauty of drugs",
   Nat. Chem. 2012 (QED). Wildman & Crippen, J. Chem. Inf. Comput. Sci. 1999
-  (logP).
+  (logP). Degen et al., "On the art of compiling and using 'drug-like'
+  chemical fragment spaces", ChemMedChem 2008 (BRICS). Bemis & Murcko, "The
+  properties of known drugs. 1. Molecular frameworks", J. Med. Chem. 1996.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import collections
+from collections.abc import Iterable, Mapping, Sequence
+import os
 
 import numpy as np
 
 PROPERTIES = ('qed', 'logp', 'weight')
 MORGAN_RADIUS = 2
 MORGAN_BITS = 1024
+SCAFFOLD_MIN_RINGS = 2
 
 
 def _rdkit():
@@ -179,8 +201,88 @@ def wasserstein_1d(u: np.ndarray, v: np.ndarray) -> float:
   return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(grid)))
 
 
+def nearest_neighbour_similarity(fps_NxF: np.ndarray, reference_MxF: np.ndarray, *,
+                                 chunk: int = 5000) -> float:
+  """SNN: mean over the rows of `fps_NxF` of their largest Tanimoto similarity
+  to a row of `reference_MxF` (bit vectors; see the module docstring)."""
+  fps = np.asarray(fps_NxF)
+  if not len(fps) or not len(reference_MxF):
+    raise ValueError('SNN needs at least one molecule on each side, got '
+                     f'{len(fps)} and {len(reference_MxF)}.')
+  best = np.zeros((len(fps),))
+  for start in range(0, len(reference_MxF), chunk):
+    t = tanimoto_matrix(fps, reference_MxF[start:start + chunk])
+    best = np.maximum(best, t.max(axis=1))
+  return float(np.mean(best))
+
+
+def brics_fragments(smiles: Iterable[str]) -> collections.Counter:
+  """Counts of the BRICS fragments of valid SMILES (see the module docstring)."""
+  Chem = _rdkit()  # pylint: disable=invalid-name
+  counts = collections.Counter()
+  for i, s in enumerate(smiles):
+    mol = to_mol(s)
+    if mol is None:
+      raise ValueError(f'Fragments of an invalid molecule {s!r} (item {i}).')
+    counts.update(Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(mol)).split('.'))
+  return counts
+
+
+def scaffolds(smiles: Iterable[str], *, min_rings: int = SCAFFOLD_MIN_RINGS
+              ) -> collections.Counter:
+  """Counts of the Bemis-Murcko scaffolds with at least `min_rings` rings."""
+  Chem = _rdkit()  # pylint: disable=invalid-name
+  from rdkit.Chem.Scaffolds import MurckoScaffold  # pylint: disable=g-import-not-at-top
+  counts = collections.Counter()
+  for i, s in enumerate(smiles):
+    mol = to_mol(s)
+    if mol is None:
+      raise ValueError(f'Scaffold of an invalid molecule {s!r} (item {i}).')
+    scaffold = MurckoScaffold.GetScaffoldForMol(mol)
+    text = Chem.MolToSmiles(scaffold)
+    if text and scaffold.GetRingInfo().NumRings() >= min_rings:
+      counts[text] += 1
+  return counts
+
+
+def cosine_similarity(a: Mapping[str, int], b: Mapping[str, int]) -> float:
+  """<a, b> / (|a| |b|) of two count vectors indexed by name (absent = 0); NaN
+  when either is empty, as MOSES returns."""
+  if not a or not b:
+    return float('nan')
+  dot = sum(count * b.get(name, 0) for name, count in a.items())
+  norm_a = np.sqrt(sum(float(c) ** 2 for c in a.values()))
+  norm_b = np.sqrt(sum(float(c) ** 2 for c in b.values()))
+  return float(dot / (norm_a * norm_b))
+
+
+def reference_statistics(smiles: Sequence[str]) -> dict:
+  """{'fps', 'frag', 'scaf'} of reference SMILES: what SNN, Frag and Scaf compare
+  generated molecules with."""
+  return {'fps': morgan_fingerprints(smiles), 'frag': brics_fragments(smiles),
+          'scaf': scaffolds(smiles)}
+
+
+def moses_test_statistics(data_dir: str) -> dict:
+  """MOSES's own `reference_statistics` of its test set (176,074 molecules).
+
+  Read from `test_stats.npz` in the installed MOSES data directory
+  (`ae_jax.molecules.data.moses_data_dir()`): fingerprints uint8 [176074, 1024]
+  and the fragment and scaffold counts, written by MOSES's code (a pickle inside
+  the installed package, as MOSES itself loads it).
+  """
+  path = os.path.join(data_dir, 'test_stats.npz')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'MOSES test statistics not found at {path}; install molsets.')
+  with np.load(path, allow_pickle=True) as f:
+    stats = f['stats'].item()
+  return {'fps': stats['SNN']['fps'], 'frag': stats['Frag']['frag'],
+          'scaf': stats['Scaf']['scaf']}
+
+
 def generation_metrics(generated_smiles: Sequence[str], *, train_canonical: frozenset[str],
                        test_properties: dict[str, np.ndarray] | None = None,
+                       reference: Mapping[str, object] | None = None,
                        ks: Sequence[int] = (1000, 10000),
                        max_intdiv: int | None = None) -> dict[str, float]:
   """MOSES metrics of generated SMILES (see module docstring).
@@ -189,12 +291,15 @@ def generation_metrics(generated_smiles: Sequence[str], *, train_canonical: froz
     generated_smiles: the samples, invalid ones included.
     train_canonical: canonical SMILES of the training set.
     test_properties: `properties` of the test set; adds '<prop>_w1' distances.
+    reference: `reference_statistics` (or `moses_test_statistics`) of the test
+      set; adds 'snn', 'frag' and 'scaf' over all valid molecules.
     ks: the k of unique@k.
     max_intdiv: compute IntDiv on the first this many valid molecules (None: all).
 
   Returns:
     {'valid', 'unique@k'..., 'novelty', 'intdiv', 'intdiv2', 'num_samples',
-     'num_valid', and '<prop>_w1', '<prop>_mean' for each property}.
+     'num_valid', '<prop>_w1', '<prop>_mean' for each property, and 'snn',
+     'frag', 'scaf' with a reference}.
   """
   canon = valid_canonical(generated_smiles)
   result = {'num_samples': len(generated_smiles), 'num_valid': len(canon),
@@ -212,4 +317,8 @@ def generation_metrics(generated_smiles: Sequence[str], *, train_canonical: froz
     result[f'{name}_mean'] = float(np.mean(props[name]))
     if test_properties is not None:
       result[f'{name}_w1'] = wasserstein_1d(props[name], test_properties[name])
+  if reference is not None:
+    result['snn'] = nearest_neighbour_similarity(morgan_fingerprints(canon), reference['fps'])
+    result['frag'] = cosine_similarity(brics_fragments(canon), reference['frag'])
+    result['scaf'] = cosine_similarity(scaffolds(canon), reference['scaf'])
   return result
