@@ -104,7 +104,7 @@ def run(config, workdir: str, model_workdir: str | None = None) -> dict:
         canon[:16], plotting.figure_path(workdir, 'samples.png')))
 
   common.write_json(os.path.join(workdir, 'molecules.json'), result)
-  keys = ('valid', 'unique@1000', 'unique@10000', 'novelty', 'intdiv', 'snn', 'frag', 'scaf',
+  keys = ('valid', 'unique@1000', 'unique@10000', 'novelty', 'intdiv', 'snn', 'frag', 'scaf', 'fcd',
           'recon_molecule', 'qed_w1', 'logp_w1', 'weight_w1')
   print('Molecules: ' + ', '.join(f'{k}={result[k]:.4g}' for k in keys if k in result))
   print('Figures: ' + ', '.join(figure_paths))

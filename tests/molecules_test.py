@@ -471,6 +471,31 @@ def test_snn_frag_scaf_rank_test_like_molecules_above_unlike_ones(moses_test_sta
   assert metrics.nearest_neighbour_similarity(fps, moses_test_stats['fps']) == 1.0
 
 
+@pytest.mark.skipif(not metrics.has_fcd(), reason='FCD needs the optional fcd_torch (`.[fcd]`)')
+def test_fcd_ranks_training_molecules_far_below_unlike_ones(moses_test_stats):
+  # FCD against MOSES's stored ChemNet statistics of its test set: 500 training
+  # molecules (the same distribution; a small sample's FCD is biased upwards,
+  # 0.64 measured for 2,000) against alkanes and tiny molecules.
+  train = molecule_data.moses_subset('train', 500, seed=3)
+  unlike = ['C' * n for n in range(1, 16)] * 4 + ['CCO', 'CC(=O)O', 'c1ccccc1', 'CCN', 'OCCO'] * 8
+  near = metrics.frechet_chemnet_distance(train, moses_test_stats['fcd'])
+  far = metrics.frechet_chemnet_distance(unlike, moses_test_stats['fcd'])
+  assert 0.0 < near < 3.0 and far > 20.0, (near, far)
+  with pytest.raises(ValueError, match='at least 2 molecules'):
+    metrics.frechet_chemnet_distance(['CCO'], moses_test_stats['fcd'])
+
+
+def test_fcd_without_fcd_torch_names_the_package(monkeypatch):
+  monkeypatch.setattr(metrics, 'has_fcd', lambda: False)
+  with pytest.raises(ImportError, match='pip install fcd_torch'):
+    metrics.frechet_chemnet_distance(['CCO', 'CCN'], {})
+  result = metrics.generation_metrics(['CCO', 'CCN'], train_canonical=frozenset(),
+                                      reference={'fps': np.zeros((1, 1024), np.uint8),
+                                                 'frag': {}, 'scaf': {}, 'fcd': {}},
+                                      ks=(2,))
+  assert 'snn' in result and 'fcd' not in result
+
+
 # ----------------------------------------------------------------------------
 # The application end to end.
 

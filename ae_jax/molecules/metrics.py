@@ -31,7 +31,13 @@ Definitions (Polykovskiy et al. 2020, and the `moses.metrics` code):
                 (`MurckoScaffold.GetScaffoldForMol`, canonical SMILES), where
                 molecules whose scaffold has fewer than 2 rings count for none
                 (`ScafMetric`, `compute_scaffolds(min_rings=2)`).
-  The counts of SNN, Frag and Scaf are those of `moses/metrics/metrics.py`'s
+  FCD           Fréchet ChemNet distance (Preuer et al. 2018): the Fréchet
+                distance between Gaussians fitted to ChemNet's penultimate
+                activations of the generated and the reference molecules.
+                ChemNet and its weights are those of the fcd_torch package that
+                MOSES itself calls (an optional dependency, `pip install
+                fcd_torch`, which pulls PyTorch); without it FCD is not reported.
+  The counts of SNN, Frag, Scaf and FCD are those of `moses/metrics/metrics.py`'s
   `get_all_metrics`: over the valid generated molecules against the test set.
   MOSES ships the test set's fingerprints and counts, computed by its own code
   (`moses/dataset/data/test_stats.npz`); `moses_test_statistics` reads them,
@@ -46,12 +52,15 @@ References:
   (logP). Degen et al., "On the art of compiling and using 'drug-like'
   chemical fragment spaces", ChemMedChem 2008 (BRICS). Bemis & Murcko, "The
   properties of known drugs. 1. Molecular frameworks", J. Med. Chem. 1996.
+  Preuer et al., "Fréchet ChemNet Distance: a metric for generative models for
+  molecules in drug discovery", J. Chem. Inf. Model. 2018.
 """
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Iterable, Mapping, Sequence
+import importlib.util
 import os
 
 import numpy as np
@@ -263,13 +272,32 @@ def reference_statistics(smiles: Sequence[str]) -> dict:
           'scaf': scaffolds(smiles)}
 
 
+def has_fcd() -> bool:
+  """Whether fcd_torch (ChemNet with its weights) is installed."""
+  return importlib.util.find_spec('fcd_torch') is not None
+
+
+def frechet_chemnet_distance(smiles: Sequence[str], reference: Mapping[str, np.ndarray]) -> float:
+  """FCD of valid SMILES against reference statistics {'mu', 'sigma'} (see the
+  module docstring); computed by fcd_torch, as MOSES computes it."""
+  if not has_fcd():
+    raise ImportError('FCD needs fcd_torch (ChemNet and its weights; it pulls PyTorch): '
+                      '`pip install fcd_torch`.')
+  if len(smiles) < 2:
+    raise ValueError(f'FCD needs at least 2 molecules, got {len(smiles)}.')
+  from fcd_torch import FCD  # pylint: disable=g-import-not-at-top
+  fcd = FCD(device='cpu', n_jobs=1)
+  return float(fcd.metric(dict(reference), fcd.precalc(list(smiles))))
+
+
 def moses_test_statistics(data_dir: str) -> dict:
   """MOSES's own `reference_statistics` of its test set (176,074 molecules).
 
   Read from `test_stats.npz` in the installed MOSES data directory
   (`ae_jax.molecules.data.moses_data_dir()`): fingerprints uint8 [176074, 1024]
-  and the fragment and scaffold counts, written by MOSES's code (a pickle inside
-  the installed package, as MOSES itself loads it).
+  the fragment and scaffold counts, and ChemNet's activation mean and covariance
+  ('fcd': {'mu', 'sigma'}), written by MOSES's code (a pickle inside the
+  installed package, as MOSES itself loads it).
   """
   path = os.path.join(data_dir, 'test_stats.npz')
   if not os.path.exists(path):
@@ -277,7 +305,7 @@ def moses_test_statistics(data_dir: str) -> dict:
   with np.load(path, allow_pickle=True) as f:
     stats = f['stats'].item()
   return {'fps': stats['SNN']['fps'], 'frag': stats['Frag']['frag'],
-          'scaf': stats['Scaf']['scaf']}
+          'scaf': stats['Scaf']['scaf'], 'fcd': stats['FCD']}
 
 
 def generation_metrics(generated_smiles: Sequence[str], *, train_canonical: frozenset[str],
@@ -292,7 +320,8 @@ def generation_metrics(generated_smiles: Sequence[str], *, train_canonical: froz
     train_canonical: canonical SMILES of the training set.
     test_properties: `properties` of the test set; adds '<prop>_w1' distances.
     reference: `reference_statistics` (or `moses_test_statistics`) of the test
-      set; adds 'snn', 'frag' and 'scaf' over all valid molecules.
+      set; adds 'snn', 'frag' and 'scaf' over all valid molecules, and 'fcd'
+      when the reference has ChemNet statistics and fcd_torch is installed.
     ks: the k of unique@k.
     max_intdiv: compute IntDiv on the first this many valid molecules (None: all).
 
@@ -321,4 +350,6 @@ def generation_metrics(generated_smiles: Sequence[str], *, train_canonical: froz
     result['snn'] = nearest_neighbour_similarity(morgan_fingerprints(canon), reference['fps'])
     result['frag'] = cosine_similarity(brics_fragments(canon), reference['frag'])
     result['scaf'] = cosine_similarity(scaffolds(canon), reference['scaf'])
+    if 'fcd' in reference and has_fcd() and len(canon) >= 2:
+      result['fcd'] = frechet_chemnet_distance(canon, reference['fcd'])
   return result
