@@ -57,6 +57,10 @@ CASES = [
     ('tcvae', 'experiments/configs/apps/disentangle.py:smoke', 'model'),
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'model'),
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'latent'),
+    ('wae', 'experiments/configs/wae.py:smoke', 'model'),
+    ('wae', 'experiments/configs/wae.py:smoke,infovae', 'model'),
+    ('rae', 'experiments/configs/rae.py:smoke', 'model'),
+    ('iwae_bounds', 'experiments/configs/miwae.py:smoke,piwae', 'model'),
 ]
 
 
