@@ -15,20 +15,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import optax
+
 import _baselines
 
 from ae_jax import data
+from ae_jax import layers
 from ae_jax import likelihood
 from ae_jax import losses
 from ae_jax import models
 from ae_jax import objectives
 from ae_jax.models import vampprior
 from ae_jax.recipes import dip_vae
+from ae_jax.recipes import factor_vae
 from ae_jax.recipes import iwae_bounds
 from ae_jax.recipes import rae
 from ae_jax.recipes import vampprior as vampprior_recipe
 from ae_jax.recipes import wae
 from experiments.configs import dip_vae as dip_vae_config
+from experiments.configs import factor_vae as factor_vae_config
 from experiments.configs import miwae as miwae_config
 from experiments.configs import rae as rae_config
 from experiments.configs import vampprior as vampprior_config
@@ -576,3 +581,135 @@ def test_dip_vae_ii_beats_the_mean_image_with_a_decorrelated_aggregate_posterior
   print(results, baseline)
   assert results[10.0][0] < baseline - 30.0
   assert results[10.0][1] < 0.5 * results[0.0][1]
+
+
+# ----------------------------------------------------------------------------
+# FactorVAE.
+# ----------------------------------------------------------------------------
+
+
+def test_permute_dims_permutes_each_column_on_its_own():
+  z = jnp.stack([jnp.arange(1000.0), jnp.arange(1000.0), -jnp.arange(1000.0)], axis=1)
+  p = np.asarray(factor_vae.permute_dims(jax.random.key(0), z))
+  for j in range(3):
+    np.testing.assert_array_equal(np.sort(p[:, j]), np.sort(np.asarray(z[:, j])))
+  # Perfectly dependent columns become (nearly) independent ones.
+  assert abs(np.corrcoef(p[:, 0], p[:, 1])[0, 1]) < 0.1
+  assert abs(np.corrcoef(p[:, 0], p[:, 2])[0, 1]) < 0.1
+
+
+def test_discriminator_on_permuted_codes_estimates_a_gaussians_total_correlation():
+  """The density-ratio trick of the recipe (its losses and `permute_dims`) on a
+  correlated 2-D Gaussian: trained to tell samples from their column
+  permutations, the mean logit on samples approaches the closed form
+  TC = KL(q(z) ‖ q(z_1) q(z_2)) = -½ log(1 - ρ²) = 0.830 nats for ρ = 0.9,
+  within 0.15 nats."""
+  rho = 0.9
+  chol = jnp.linalg.cholesky(jnp.array([[1.0, rho], [rho, 1.0]]))
+  disc = layers.MLP((64, 64, 1), activation='leaky_relu')
+  params = disc.init(jax.random.key(0), jnp.zeros((1, 2)))
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+  draw = lambda key: jax.random.normal(key, (512, 2)) @ chol.T
+
+  def loss(p, key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    joint = disc.apply(p, draw(k1))[:, 0]
+    product = disc.apply(p, factor_vae.permute_dims(k3, draw(k2)))[:, 0]
+    return jnp.mean(factor_vae._bce_joint(joint) + factor_vae._bce_product(product))
+
+  @jax.jit
+  def step(p, o, key):
+    g = jax.grad(loss)(p, key)
+    u, o = tx.update(g, o)
+    return optax.apply_updates(p, u), o
+
+  for i in range(1500):
+    params, opt = step(params, opt, jax.random.key(i + 1))
+  test = jax.random.normal(jax.random.key(123456), (20000, 2)) @ chol.T
+  tc = float(jnp.mean(disc.apply(params, test)))
+  print(tc)
+  assert tc == pytest.approx(-0.5 * math.log(1 - rho**2), abs=0.15)
+
+
+def _factor_vae_setup(vae_lr, disc_lr):
+  model = factor_vae.FactorVAEModel(hidden=(16,), latent_dim=3, disc_hidden=(8,))
+  x = (_images(6) > 0.5).astype(jnp.float32)
+  key = jax.random.key(0)
+  params = {'params': model.init(key, x, key, method='init_all')['params']}
+  txs = {'vae': optax.sgd(vae_lr), 'disc': optax.sgd(disc_lr)}
+  state = factor_vae.create_state(params, txs)
+  step = jax.jit(factor_vae.train_step_fn(model, txs, gamma=2.0))
+  return model, params, state, step, {'image': x}
+
+
+def test_factor_vae_step_updates_the_vae_on_elbo_plus_gamma_tc_and_not_the_discriminator():
+  model, params, state, step, batch = _factor_vae_setup(0.1, 0.0)
+  key = jax.random.key(5)
+  new, metrics = step(state, batch, key)
+  vae_key, _ = jax.random.split(jax.random.fold_in(key, 0))
+
+  def by_hand(p):
+    out = model.apply(p, batch['image'], vae_key)
+    recon = jnp.mean(losses.bernoulli_nll(out.logits, batch['image']))
+    kl = jnp.mean(losses.gaussian_kl(out.mean, out.log_var))
+    return recon + kl + 2.0 * jnp.mean(model.apply(p, out.z, method='discriminate'))
+
+  grads = jax.grad(by_hand)(params)['params']
+  assert float(metrics['loss']) == pytest.approx(float(by_hand(params)), rel=1e-5)
+  for name, tree in params['params'].items():
+    for a, b, g in zip(jax.tree.leaves(new.params['params'][name]), jax.tree.leaves(tree),
+                       jax.tree.leaves(grads[name])):
+      want = b if name == 'discriminator' else b - 0.1 * g
+      np.testing.assert_allclose(np.asarray(a), np.asarray(want), rtol=1e-4, atol=1e-6)
+  assert int(new.step) == 1
+
+
+def test_factor_vae_step_trains_the_discriminator_on_codes_against_permuted_codes():
+  model, params, state, step, batch = _factor_vae_setup(0.0, 0.5)
+  key = jax.random.key(6)
+  new, metrics = step(state, batch, key)
+  _, disc_key = jax.random.split(jax.random.fold_in(key, 0))
+  joint_key, second_key, perm_key = jax.random.split(disc_key, 3)
+  x = batch['image']
+  z = model.apply(params, x, joint_key).z
+  z_perm = factor_vae.permute_dims(perm_key, model.apply(params, x, second_key).z)
+
+  def by_hand(p):
+    d = lambda c: model.apply(p, c, method='discriminate')
+    # -log D(z) - log(1 - D(z_perm)) with D = sigmoid.
+    return jnp.mean(-jnp.log(jax.nn.sigmoid(d(z))) - jnp.log(1 - jax.nn.sigmoid(d(z_perm))))
+
+  grads = jax.grad(by_hand)(params)['params']
+  assert float(metrics['disc_loss']) == pytest.approx(float(by_hand(params)), rel=1e-5)
+  for name, tree in params['params'].items():
+    for a, b, g in zip(jax.tree.leaves(new.params['params'][name]), jax.tree.leaves(tree),
+                       jax.tree.leaves(grads[name])):
+      want = b - 0.5 * g if name == 'discriminator' else b
+      np.testing.assert_allclose(np.asarray(a), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
+def test_factor_vae_rejects_bad_settings():
+  config = factor_vae_config.get_config('smoke')
+  config.loss.gamma = -1.0
+  with pytest.raises(ValueError, match='config.loss.gamma must be >= 0, got -1.0'):
+    factor_vae.validate(config)
+  config = factor_vae_config.get_config('smoke')
+  config.unlock()
+  del config['disc_optim']
+  with pytest.raises(ValueError, match='needs a config.disc_optim section'):
+    factor_vae.validate(config)
+
+
+@pytest.mark.integration
+@pytest.mark.learning
+def test_factor_vae_beats_the_mean_image():
+  """LEARNING_STEPS steps of factor_vae.py on MNIST 5k: the test reconstruction NLL
+  beats the mean training image's by 30 nats with γ · TC_D in the objective."""
+  test_x, test_batch = _test_batch()
+  baseline = _baselines.mean_image_bernoulli_nll(data.load_arrays('mnist5k', 'train')[0], test_x)
+  stage = factor_vae.make_stage(factor_vae_config.get_config(), 'model', {})
+  state = _train(stage, LEARNING_STEPS)
+  metrics = jax.jit(stage.eval_step)(state, test_batch, jax.random.key(1))
+  print({k: float(v) for k, v in metrics.items()}, baseline)
+  assert float(metrics['recon']) < baseline - 30.0
