@@ -396,11 +396,14 @@ def test_tighter_bounds_reject_bad_settings():
 @pytest.mark.learning
 @pytest.mark.parametrize('arg', ['', 'piwae', 'ciwae'])
 def test_tighter_bounds_beat_the_mean_image(arg):
-  """LEARNING_STEPS steps of miwae.py[:piwae|:ciwae] on MNIST 5k: the test IWAE bound
-  (64 samples) beats the mean training image's Bernoulli log-likelihood by 40 nats."""
+  """LEARNING_STEPS steps of miwae.py[:piwae|:ciwae] on MNIST 5k with 16 samples
+  (M = K = 4; CIWAE K = 16), a quarter of the configs' 64 for time: the test IWAE
+  bound beats the mean training image's Bernoulli log-likelihood by 40 nats."""
   test_x, test_batch = _test_batch()
   baseline = _baselines.mean_image_bernoulli_nll(data.load_arrays('mnist5k', 'train')[0], test_x)
-  stage = iwae_bounds.make_stage(miwae_config.get_config(arg or None), 'model', {})
+  config = miwae_config.get_config(arg or None)
+  config.loss.num_samples, config.loss.num_groups = (16, 1) if arg == 'ciwae' else (4, 4)
+  stage = iwae_bounds.make_stage(config, 'model', {})
   state = _train(stage, LEARNING_STEPS)
   metrics = jax.jit(stage.eval_step)(state, {'image': test_batch['image'][:500]},
                                      jax.random.key(1))
