@@ -78,6 +78,7 @@ class FactorVAEModel(vae_models.MLPVAE):
     return self.discriminator(z_BxZ)[:, 0]
 
   def init_all(self, x: Array, key: Array):
+    """`__call__` and then `discriminate` on its codes: `init` with it creates every parameter."""
     out = self(x, key)
     self.discriminate(out.z)
     return out

@@ -39,10 +39,7 @@ def _stochastic(model) -> bool:
 
 def validate(config) -> None:
   common.validate_sections(config)
-  _model_and_objective(config)
-  if config.loss.get('objective', 'wae') == 'wae':
-    common.check_unused(config, {'loss.alpha': "only objective='infovae' reads it"},
-                        common.defaults_of(objectives.make_mmd_objective))
+  _model_and_objective(config)  # Also rejects alpha != 1 with objective='wae'.
 
 
 def stages(config) -> tuple[str, ...]:
