@@ -57,6 +57,13 @@ CASES = [
     ('tcvae', 'experiments/configs/apps/disentangle.py:smoke', 'model'),
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'model'),
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'latent'),
+    ('wae', 'experiments/configs/wae.py:smoke', 'model'),
+    ('wae', 'experiments/configs/wae.py:smoke,infovae', 'model'),
+    ('rae', 'experiments/configs/rae.py:smoke', 'model'),
+    ('iwae_bounds', 'experiments/configs/miwae.py:smoke', 'model'),
+    ('vampprior', 'experiments/configs/vampprior.py:smoke', 'model'),
+    ('dip_vae', 'experiments/configs/dip_vae.py:smoke', 'model'),
+    ('factor_vae', 'experiments/configs/factor_vae.py:smoke', 'model'),
 ]
 
 

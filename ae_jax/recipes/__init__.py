@@ -15,6 +15,12 @@ contractive autoencoders; VAE, β-VAE, IWAE) are configs of one recipe.
   sequence_vae  GRU sequence VAE on molecules (SMILES / SELFIES tokens)
   denoiser      U-Net denoising autoencoder over a range of noise levels
   tcvae         β-VAE and β-TCVAE on the shapes data, for disentanglement
+  wae           WAE-MMD and InfoVAE (MMD-VAE): the aggregate posterior matched by MMD
+  rae           regularized autoencoder (RAE-L2, RAE-GP), then a GMM on its codes
+  iwae_bounds   MIWAE, PIWAE and CIWAE (Rainforth et al. 2018)
+  vampprior     VAE with the VampPrior (learned pseudo-inputs)
+  dip_vae       DIP-VAE-I and -II (covariance penalties)
+  factor_vae    FactorVAE: a discriminator's total-correlation estimate, two optimizers
 """
 
 import importlib
