@@ -57,6 +57,8 @@ CASES = [
     ('tcvae', 'experiments/configs/apps/disentangle.py:smoke', 'model'),
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'model'),
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'latent'),
+    ('vqvae', 'experiments/configs/vqvae.py:smoke,fsq', 'model'),
+    ('vqvae', 'experiments/configs/vqvae.py:smoke,residual', 'model'),
 ]
 
 
@@ -107,7 +109,8 @@ def _assert_states(actual, expected, *, exact: bool, what: str):
 
 
 @pytest.mark.parametrize('recipe, config_arg, stage', CASES,
-                         ids=[f'{r}-{s}' for r, _, s in CASES])
+                         ids=[f'{r}-{s}' + (f"-{a.partition(',')[2]}" if ',' in a and r == 'vqvae'
+                                                  else '') for r, a, s in CASES])
 def test_recipe_stage_contract(recipe, config_arg, stage, tmp_path):
   assert load_config(config_arg).recipe == recipe
 

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from ae_jax import layers
+from ae_jax import models
 from ae_jax import quantizers
+from ae_jax.models import vqvae as vqvae_model
 
 
 class FiniteScalarQuantizerTest(chex.TestCase):
@@ -361,6 +363,78 @@ class CodeCountsTest(chex.TestCase):
   def test_layers_reexports(self):
     assert layers.FiniteScalarQuantizer is quantizers.FiniteScalarQuantizer
     assert layers.VectorQuantizerEMA is quantizers.VectorQuantizerEMA
+
+
+class VQVAEQuantizerFieldsTest(chex.TestCase):
+
+  def test_bad_combinations_are_named(self):
+    cases = [
+        (dict(quantizer_type='pq'), r"quantizer_type must be one of .*got 'pq'"),
+        (dict(quantizer_type='vq', ema=True), r"quantizer_type='vq' trains the codebook"),
+        (dict(quantizer_type='fsq', ema=True, levels=(8, 8), code_dim=2),
+         r"ema=True has no effect: quantizer_type='fsq' has no codebook"),
+        (dict(quantizer_type='fsq', ema=False, levels=(8, 8), code_dim=3),
+         r'code_dim=3 must equal len\(levels\)=2'),
+        (dict(quantizer_type='fsq', ema=False, levels=(4, 4), code_dim=2),
+         r'num_codes=64 must equal the FSQ codebook size prod\(levels\)=16'),
+        (dict(quantizer_type='lfq', ema=False, code_dim=5), r'2\^code_dim=32'),
+        (dict(quantizer_type='lfq', ema=False, code_dim=6, gradient='rotation'),
+         r"gradient='rotation' and cosine=False apply to codebook quantizers"),
+        (dict(quantizer_type='grouped', num_groups=3), r'num_groups=3 must be >= 1 and divide'),
+        (dict(quantizer_type='residual', cosine=True), r'cosine=True does not apply to residual'),
+        (dict(kmeans_init=True), r'kmeans_init need an EMA codebook'),
+        (dict(levels=(4,), ema=True), r"levels=\(4,\) is read only by quantizer_type='fsq'"),
+    ]
+    for kwargs, message in cases:
+      with pytest.raises(ValueError, match=message):
+        vqvae_model.check_quantizer(models.VQVAE(**kwargs))
+
+  def test_codebook_size_and_index_shapes(self):
+    x = jnp.zeros((2, 28, 28, 1))
+    small = dict(hidden_channels=4, res_channels=2, num_res_blocks=1)
+    for kwargs, size, index_shape, stateful in [
+        (dict(quantizer_type='fsq', levels=(8, 8), code_dim=2), 64, (2, 7, 7), False),
+        (dict(quantizer_type='lfq', code_dim=6), 64, (2, 7, 7), False),
+        (dict(quantizer_type='residual', num_quantizers=3, ema=True), 64, (2, 7, 7, 3), True),
+        (dict(quantizer_type='grouped', num_groups=4), 64, (2, 7, 7, 4), False)]:
+      model = models.VQVAE(**kwargs, **small)
+      out, variables = model.init_with_output(jax.random.key(0), x)
+      assert model.codebook_size == size
+      assert out.indices.shape == index_shape, (kwargs, out.indices.shape)
+      assert model.stateful == stateful == ('vq_stats' in variables)
+      np.testing.assert_allclose(
+          model.apply(variables, out.indices, method=model.decode_indices), out.logits,
+          rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Each quantizer preset of experiments/configs/vqvae.py trains in the recipe.
+
+_PRESETS = ('vq', 'fsq', 'lfq', 'residual', 'grouped', 'rotation', 'cosine')
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize('quantizer', _PRESETS)
+def test_recipe_preset_learns_a_batch(quantizer):
+  """The smoke preset's model stage, 40 steps on its first batch: the reconstruction
+  error falls below half the untrained model's (measured 2026-12-07: 0.07-0.09
+  untrained, 0.014-0.03 after 40 steps at batch 16, every quantizer)."""
+  from ae_jax import training  # pylint: disable=g-import-not-at-top
+  from experiments.configs import vqvae  # pylint: disable=g-import-not-at-top
+  config = vqvae.get_config(f'smoke,{quantizer}')
+  recipe = training.validate(config)
+  stage = recipe.make_stage(config, 'model', {})
+  state = jax.jit(stage.init)(jax.random.key(0))
+  batch = next(iter(stage.train_data(0)))
+  step = jax.jit(stage.train_step)
+  first = None
+  for i in range(40):
+    state, metrics = step(state, batch, jax.random.key(i))
+    first = float(metrics['recon']) if first is None else first
+  for name, value in metrics.items():
+    assert np.isfinite(float(value)), (name, value)
+  print(f'{quantizer}: recon {first:.4f} -> {float(metrics["recon"]):.4f}')
+  assert float(metrics['recon']) < 0.5 * first, (first, float(metrics['recon']))
 
 
 # ----------------------------------------------------------------------------
