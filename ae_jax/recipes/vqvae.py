@@ -2,7 +2,8 @@
 
 Stages:
 
-  'model'  the VQ-VAE (`config.model.name` 'vqvae', `VQVAE`'s fields; an EMA
+  'model'  the VQ-VAE (`config.model.name` 'vqvae', `VQVAE`'s fields, the
+           quantizer chosen by `quantizer_type`, see `ae_jax.quantizers`; an EMA
            codebook keeps its statistics in the state's model state) trained by
            `objectives.make_vqvae_objective` with the `loss` section's
            hyperparameters, on the config's image splits.
@@ -57,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax import models
+from ae_jax.models import vqvae as vqvae_model
 from ae_jax import objectives
 from ae_jax import parallel
 from ae_jax import train
@@ -136,7 +138,6 @@ _QUANTIZER_FIELDS = {
 
 def _check_quantizer_fields(config, model) -> None:
   """Every quantizer field of config.model is read by its quantizer (or keeps its default)."""
-  from ae_jax.models import vqvae as vqvae_model  # pylint: disable=g-import-not-at-top
   kind = vqvae_model.check_quantizer(model)
   reads = set(_QUANTIZER_FIELDS[kind])
   if not vqvae_model.uses_ema(model):
