@@ -124,9 +124,10 @@ def perplexity_and_usage(counts_K: Array) -> tuple[Array, Array]:
     counts_K: per-code counts (any nonnegative numbers with positive sum).
 
   Returns:
-    (perplexity, usage) scalars; 0 log 0 is taken as 0.
+    (perplexity, usage) scalars; 0 log 0 is taken as 0, and all-zero counts
+    (a residual stage that quantizer dropout left unused) give (1, 0).
   """
-  p_K = counts_K / jnp.sum(counts_K)
+  p_K = counts_K / jnp.maximum(jnp.sum(counts_K), jnp.finfo(jnp.float32).tiny)
   entropy = -jnp.sum(jax.scipy.special.xlogy(p_K, p_K))
   usage = jnp.mean((counts_K > 0).astype(jnp.float32))
   return jnp.exp(entropy), usage
@@ -231,7 +232,9 @@ def _sample_rows(key: Array, z_NxD: Array, num: int, weights_N: Array | None = N
     rows = jax.random.choice(key, n, (num,), replace=n < num)
   else:
     p = (weights_N > 0).astype(jnp.float32)
-    rows = jax.random.choice(key, n, (num,), replace=True, p=p / jnp.maximum(p.sum(), 1.0))
+    # No row of positive weight (the rows are then unused): draw uniformly.
+    p = jnp.where(p.sum() > 0, p / jnp.maximum(p.sum(), 1.0), 1.0 / n)
+    rows = jax.random.choice(key, n, (num,), replace=True, p=p)
   return jnp.take(z_NxD, rows, axis=0)
 
 

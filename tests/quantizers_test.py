@@ -360,6 +360,13 @@ class CodeCountsTest(chex.TestCase):
                                     jnp.array([1.0, 1.0, 0.0, 0.0, 1.0]))
     np.testing.assert_array_equal(counts, [1.0, 0.0, 2.0, 0.0])
 
+  def test_no_counts_give_perplexity_one_usage_zero(self):
+    # A residual stage that quantizer dropout left unused must not make the
+    # metrics NaN (the training loop stops on a non-finite metric).
+    np.testing.assert_array_equal(quantizers.perplexity_and_usage(jnp.zeros(4)), [1.0, 0.0])
+    np.testing.assert_allclose(quantizers.perplexity_and_usage(jnp.array([2.0, 2.0, 0.0]))[0],
+                               2.0, rtol=1e-6)
+
   def test_layers_reexports(self):
     assert layers.FiniteScalarQuantizer is quantizers.FiniteScalarQuantizer
     assert layers.VectorQuantizerEMA is quantizers.VectorQuantizerEMA
