@@ -58,7 +58,7 @@ CASES = [
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'model'),
     ('diffusion_ae', 'experiments/configs/diffusion_ae.py:smoke', 'latent'),
     ('vqvae', 'experiments/configs/vqvae.py:smoke,fsq', 'model'),
-    ('vqvae', 'experiments/configs/vqvae.py:smoke,residual', 'model'),
+    ('vqvae', 'experiments/configs/vqvae.py:smoke,lfq', 'model'),
 ]
 
 

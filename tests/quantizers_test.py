@@ -424,8 +424,10 @@ _PRESETS = ('vq', 'fsq', 'lfq', 'residual', 'grouped', 'rotation', 'cosine')
 @pytest.mark.parametrize('quantizer', _PRESETS)
 def test_recipe_preset_learns_a_batch(quantizer):
   """The smoke preset's model stage, 40 steps on its first batch: the reconstruction
-  error falls below half the untrained model's (measured 2026-12-07: 0.07-0.09
-  untrained, 0.014-0.03 after 40 steps at batch 16, every quantizer)."""
+  error falls below half the untrained model's (measured 2026-12-07, recon MSE at
+  step 1 -> step 40: vq 0.113 -> 0.042, fsq 0.114 -> 0.043, lfq 0.122 -> 0.037,
+  residual 0.114 -> 0.027, grouped 0.115 -> 0.042, rotation 0.113 -> 0.046,
+  cosine 0.115 -> 0.020)."""
   from ae_jax import training  # pylint: disable=g-import-not-at-top
   from experiments.configs import vqvae  # pylint: disable=g-import-not-at-top
   config = vqvae.get_config(f'smoke,{quantizer}')
