@@ -16,7 +16,7 @@ The building blocks, for use from your own code:
 >>> sorted(metrics)
 ['beta', 'elbo', 'grad_norm', 'kl', 'loss', 'recon']
 
-Layers: `layers`, `losses` and `models` at the bottom, then `objectives`,
+Layers: `quantizers`, `layers`, `losses` and `models` at the bottom, then `objectives`,
 `likelihood`, `corruption`, `train` and `parallel` (all imported with the
 package; they need only JAX, Flax and optax). Above them, imported on first
 access so that `import ae_jax` stays light (no matplotlib, scikit-learn,
@@ -35,6 +35,7 @@ from ae_jax import losses
 from ae_jax import models
 from ae_jax import objectives
 from ae_jax import parallel
+from ae_jax import quantizers
 from ae_jax import train
 from ae_jax.train import TrainState
 from ae_jax.train import check_finite_metrics
@@ -50,7 +51,8 @@ _LAZY_MODULES = (
 
 __all__ = [
     'applications', 'corruption', 'data', 'layers', 'likelihood', 'losses', 'models',
-    'molecules', 'notebook_utils', 'objectives', 'parallel', 'plotting', 'recipes', 'train',
+    'molecules', 'notebook_utils', 'objectives', 'parallel', 'plotting', 'quantizers', 'recipes',
+    'train',
     'training',
     'TrainState', 'check_finite_metrics', 'create_train_state', 'make_eval_step',
     'make_train_step',

@@ -345,11 +345,15 @@ def make_vqvae_objective(
     reconstruction: str = 'mse',
     output_activation: str = 'sigmoid',
 ) -> Objective:
-  """VQ-VAE: reconstruction + ‖sg[z_e] − e‖² + β‖z_e − sg[e]‖².
+  """VQ-VAE: reconstruction + codebook + β commitment + the quantizer's aux loss.
 
-  With an EMA codebook (`model.ema`) the codebook term is dropped (the EMA
-  update moves the codes) and the objective is stateful: it takes and returns
-  the 'vq_stats' collection.
+  The quantizer gives the per-example terms (`ae_jax.quantizers`): for a
+  codebook, ‖sg[z] − e‖² (zero when the codebook is an EMA, FSQ or LFQ) and
+  ‖z − sg[e]‖² (zero for FSQ), summed over residual stages; LFQ adds its
+  entropy penalty. With EMA codebooks (`model.stateful`) the objective is
+  stateful: it takes and returns the 'vq_stats' collection. The key feeds
+  the rng streams 'restart' (dead-code restarts) and 'dropout' (quantizer
+  dropout).
 
   References:
     van den Oord et al. 2017, "Neural discrete representation learning".
@@ -362,35 +366,34 @@ def make_vqvae_objective(
     recon = batch_mean(
         reconstruction_loss(out.logits, x, kind=reconstruction, output_activation=output_activation),
         batch)
-    commitment = batch_mean(losses.vq_commitment_loss(out.z_e, out.z_q), batch)
-    codebook = batch_mean(losses.vq_codebook_loss(out.z_e, out.z_q), batch)
+    commitment = batch_mean(out.commitment, batch)
+    codebook = batch_mean(out.codebook, batch)
+    loss = recon + codebook + commitment_cost * commitment + out.aux_loss
     metrics = {
         'recon': recon, 'commitment': commitment, 'codebook': codebook,
-        'perplexity': out.perplexity, 'usage': out.usage,
+        'perplexity': out.perplexity, 'usage': out.usage, 'loss': loss,
+        **{f'quantizer/{k}': v for k, v in out.quantizer_metrics.items()},
     }
-    return recon, codebook, commitment, metrics
+    return loss, metrics
 
-  if not getattr(model, 'ema', False):
+  def rngs(key):
+    return {'restart': key, 'dropout': jax.random.fold_in(key, 1)}
+
+  if not getattr(model, 'stateful', getattr(model, 'ema', False)):
 
     def objective(params, batch: Batch, key: jax.Array, *, step=0):
-      del key, step
-      out = model.apply(params, batch['image'], train=True)
-      recon, codebook, commitment, metrics = terms(out, batch)
-      loss = recon + codebook + commitment_cost * commitment
-      metrics['loss'] = loss
-      return loss, metrics
+      del step
+      out = model.apply(params, batch['image'], train=True, rngs=rngs(key))
+      return terms(out, batch)
 
     return objective
 
   def stateful_objective(params, batch: Batch, key: jax.Array, model_state, *, step=0):
     del step
-    # The 'restart' stream draws replacements for dead codes, when enabled.
     out, new_state = model.apply(
         {**params, **model_state}, batch['image'], train=True, mutable=list(model_state),
-        rngs={'restart': key})
-    recon, _, commitment, metrics = terms(out, batch)
-    loss = recon + commitment_cost * commitment
-    metrics['loss'] = loss
+        rngs=rngs(key))
+    loss, metrics = terms(out, batch)
     return loss, (metrics, dict(new_state))
 
   return stateful_objective

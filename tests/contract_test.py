@@ -64,6 +64,8 @@ CASES = [
     ('vampprior', 'experiments/configs/vampprior.py:smoke', 'model'),
     ('dip_vae', 'experiments/configs/dip_vae.py:smoke', 'model'),
     ('factor_vae', 'experiments/configs/factor_vae.py:smoke', 'model'),
+    ('vqvae', 'experiments/configs/vqvae.py:smoke,fsq', 'model'),
+    ('vqvae', 'experiments/configs/vqvae.py:smoke,lfq', 'model'),
 ]
 
 
@@ -114,7 +116,8 @@ def _assert_states(actual, expected, *, exact: bool, what: str):
 
 
 @pytest.mark.parametrize('recipe, config_arg, stage', CASES,
-                         ids=[f'{r}-{s}' for r, _, s in CASES])
+                         ids=[f'{r}-{s}' + (f"-{a.partition(',')[2]}" if ',' in a and r == 'vqvae'
+                                                  else '') for r, a, s in CASES])
 def test_recipe_stage_contract(recipe, config_arg, stage, tmp_path):
   assert load_config(config_arg).recipe == recipe
 

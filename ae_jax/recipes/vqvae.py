@@ -2,7 +2,8 @@
 
 Stages:
 
-  'model'  the VQ-VAE (`config.model.name` 'vqvae', `VQVAE`'s fields; an EMA
+  'model'  the VQ-VAE (`config.model.name` 'vqvae', `VQVAE`'s fields, the
+           quantizer chosen by `quantizer_type`, see `ae_jax.quantizers`; an EMA
            codebook keeps its statistics in the state's model state) trained by
            `objectives.make_vqvae_objective` with the `loss` section's
            hyperparameters, on the config's image splits.
@@ -57,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ae_jax import models
+from ae_jax.models import vqvae as vqvae_model
 from ae_jax import objectives
 from ae_jax import parallel
 from ae_jax import train
@@ -100,6 +102,10 @@ def _prior_schedule(config) -> Schedule:
 
 def _validate_prior(config) -> None:
   cfg = config.prior
+  kind = common.build_model(config.model, MODELS).quantizer_kind
+  if kind in ('residual', 'grouped'):
+    raise ValueError(f"config.model.quantizer_type={kind!r} gives several indices per grid "
+                     'position; the PixelCNN prior models one: use vq, vq_ema, fsq or lfq.')
   for field in _PRIOR_POSITIVE:
     if cfg[field] <= 0:
       raise ValueError(f'config.prior.{field} must be > 0, got {cfg[field]}.')
@@ -116,14 +122,40 @@ def _validate_prior(config) -> None:
                      f'training grids of {config.data.name!r}.')
 
 
+# The quantizer fields of config.model each quantizer reads (besides
+# num_codes and code_dim, which all check); `validate` rejects the others
+# unless they keep VQVAE's defaults.
+_EMA_FIELDS = ('decay', 'epsilon', 'dead_code_threshold', 'kmeans_init', 'kmeans_iters')
+_QUANTIZER_FIELDS = {
+    'vq': ('gradient', 'cosine'),
+    'vq_ema': ('gradient', 'cosine') + _EMA_FIELDS,
+    'fsq': ('levels',),
+    'lfq': ('entropy_weight', 'diversity_weight', 'entropy_temperature'),
+    'residual': ('num_quantizers', 'quantizer_dropout', 'gradient') + _EMA_FIELDS,
+    'grouped': ('num_groups', 'gradient', 'cosine') + _EMA_FIELDS,
+}
+
+
+def _check_quantizer_fields(config, model) -> None:
+  """Every quantizer field of config.model is read by its quantizer (or keeps its default)."""
+  kind = vqvae_model.check_quantizer(model)
+  reads = set(_QUANTIZER_FIELDS[kind])
+  if not vqvae_model.uses_ema(model):
+    reads -= set(_EMA_FIELDS)
+  every = sorted({f for fields in _QUANTIZER_FIELDS.values() for f in fields})
+  defaults = {k: models.VQVAE.__dataclass_fields__[k].default for k in every}
+  ema_why = ("only the EMA codebook (config.model.ema=True, or quantizer_type='vq_ema') reads "
+             f'it (quantizer {kind!r})')
+  why = f'quantizer {kind!r} reads only {sorted(reads)} of the quantizer fields'
+  common.check_unused(
+      config, {f'model.{f}': ema_why if f in _EMA_FIELDS and kind not in ('fsq', 'lfq') else why
+               for f in every if f not in reads}, defaults)
+
+
 def validate(config) -> None:
   common.validate_sections(config)
-  if not config.model.get('ema', False):
-    why = 'only the EMA codebook (config.model.ema=True) reads it'
-    common.check_unused(config, {'model.decay': why, 'model.epsilon': why},
-                        {k: models.VQVAE.__dataclass_fields__[k].default
-                         for k in ('decay', 'epsilon')})
-  _model_and_objective(config)
+  model, _ = _model_and_objective(config)
+  _check_quantizer_fields(config, model)
   if 'prior' in config:
     if config.prior.num_train_steps < 0:
       raise ValueError(f'config.prior.num_train_steps must be >= 0 (0: no prior), got '
