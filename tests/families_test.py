@@ -72,6 +72,7 @@ def _prior_draws(key, shape):
   return jax.random.normal(jax.random.split(key)[1], shape)
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 @pytest.mark.parametrize('kernel', ['imq', 'rbf'])
 def test_wae_loss_is_recon_plus_lambda_mmd_to_its_prior_draws(kernel):
   model = models.MLPAutoencoder(hidden=(32,), latent_dim=3)
@@ -106,6 +107,7 @@ def test_infovae_weights_kl_by_one_minus_alpha_and_mmd_by_alpha_plus_lambda_minu
   assert float(loss) == pytest.approx(recon + 0.75 * kl + 4.25 * mmd, rel=1e-5)
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_mmd_term_leaves_out_padding_rows():
   model = models.MLPAutoencoder(hidden=(16,), latent_dim=2)
   x = _images(6)
@@ -196,6 +198,7 @@ def test_gradient_penalty_of_a_linear_decoder_is_its_squared_frobenius_norm():
   np.testing.assert_allclose(np.asarray(got), np.full(5, np.sum(w**2)), rtol=1e-5)
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_gradient_penalty_matches_the_full_jacobian_through_the_sigmoid():
   model = models.MLPAutoencoder(input_dim=20, hidden=(7,), latent_dim=4)
   params = model.init(jax.random.key(0), jnp.zeros((1, 20)))
@@ -342,6 +345,7 @@ def test_miwae_with_one_group_and_ciwae_at_beta_zero_are_the_iwae_objective(boun
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_ciwae_at_beta_one_is_the_mean_log_weight():
   model, params, batch = _vae_and_params()
   key = jax.random.key(8)
@@ -352,6 +356,7 @@ def test_ciwae_at_beta_one_is_the_mean_log_weight():
   assert float(m['elbo']) == pytest.approx(-float(loss), rel=1e-6)
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_piwae_gives_the_decoder_the_iwae_gradient_and_the_encoder_the_miwae_gradient():
   model, params, batch = _vae_and_params()
   key = jax.random.key(9)
@@ -601,6 +606,7 @@ def test_permute_dims_permutes_each_column_on_its_own():
   assert abs(np.corrcoef(p[:, 0], p[:, 2])[0, 1]) < 0.1
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_discriminator_on_permuted_codes_estimates_a_gaussians_total_correlation():
   """The density-ratio trick of the recipe (its losses and `permute_dims`) on a
   correlated 2-D Gaussian: trained to tell samples from their column
@@ -646,6 +652,7 @@ def _factor_vae_setup(vae_lr, disc_lr):
   return model, params, state, step, {'image': x}
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_factor_vae_step_updates_the_vae_on_elbo_plus_gamma_tc_and_not_the_discriminator():
   model, params, state, step, batch = _factor_vae_setup(0.1, 0.0)
   key = jax.random.key(5)
@@ -668,6 +675,7 @@ def test_factor_vae_step_updates_the_vae_on_elbo_plus_gamma_tc_and_not_the_discr
   assert int(new.step) == 1
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_factor_vae_step_trains_the_discriminator_on_codes_against_permuted_codes():
   model, params, state, step, batch = _factor_vae_setup(0.0, 0.5)
   key = jax.random.key(6)

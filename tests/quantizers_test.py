@@ -396,6 +396,7 @@ class VQVAEQuantizerFieldsTest(chex.TestCase):
       with pytest.raises(ValueError, match=message):
         vqvae_model.check_quantizer(models.VQVAE(**kwargs))
 
+  @pytest.mark.integration  # Tens of seconds: compiles several steps.
   def test_codebook_size_and_index_shapes(self):
     x = jnp.zeros((2, 28, 28, 1))
     small = dict(hidden_channels=4, res_channels=2, num_res_blocks=1)
@@ -487,6 +488,7 @@ def _pmap_main(in_path: str, out_path: str) -> None:
   np.savez(out_path, **results)
 
 
+@pytest.mark.integration  # Tens of seconds: compiles several steps.
 def test_pmap_statistics_match_one_device(tmp_path):
   in_path, out_path = str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')
   # Two replicas of 24 vectors each, not alike: replica 1 is shifted.
