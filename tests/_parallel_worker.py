@@ -2,8 +2,8 @@
 
 Not collected by pytest (the name does not end in ``_test.py``). The parent sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before this process starts
-JAX; a subprocess keeps a possible XLA abort on fake CPU devices (see
-/work/shared/DATA.md) from killing the pytest session. Every step is blocked on,
+JAX; a subprocess keeps a possible XLA abort on fake CPU devices (a known
+XLA:CPU collective issue on 2 cores) from killing the pytest session. Every step is blocked on,
 which avoids the async all-reduce hang seen on 2 cores.
 
 Run: ``python tests/_parallel_worker.py`` prints one JSON line, a dict from check

@@ -312,7 +312,7 @@ def test_vqvae_executes_learns_and_uses_its_codebook():
 
 def _execute_multi_device():
   # One retry, only for a dead kernel: the rare abort of an all-reduce on fake
-  # CPU devices (/work/shared/DATA.md). Wrong numbers are never retried.
+  # CPU devices (a known XLA:CPU collective issue). Wrong numbers are never retried.
   from nbclient.exceptions import DeadKernelError  # pylint: disable=g-import-not-at-top
   try:
     return _execute('multi_device')

@@ -53,7 +53,7 @@ def _run_worker() -> subprocess.CompletedProcess:
 @pytest.fixture(scope='module')
 def report():
   # One retry, only for a hang or an abort (rc < 0: killed by a signal), the
-  # rare CPU collective deadlock described in /work/shared/DATA.md; wrong
+  # rare XLA:CPU collective deadlock on 2 fake devices; wrong
   # numbers are never retried because the worker then exits normally.
   for attempt in range(2):
     try:

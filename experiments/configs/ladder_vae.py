@@ -1,7 +1,7 @@
 """Ladder VAE (Sønderby et al. 2016): 784-512-256-128 with latents 64/32/16.
 
 The default preset is the README's likelihood comparison: dynamically
-binarized Fashion-MNIST (prepared offline, see /work/shared/DATA.md), batch
+binarized Fashion-MNIST (prepared offline: `python -m ae_jax.data.prepare fashion_mnist`), batch
 100, 30 epochs (18,000 steps). What keeps the upper layers active: batch
 normalisation in every deterministic layer and β warmed up linearly from 0
 to 1 over the first third of training (the paper's two remedies), and free
