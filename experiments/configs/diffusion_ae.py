@@ -32,7 +32,9 @@ def diffusion_section() -> ml_collections.ConfigDict:
       num_eval_examples=64,
       num_interpolation_points=8,
       num_samples=16,
+      ema_decay=0.999,
       latent=dict(
+          ema_decay=0.999,
           num_train_steps=3000, batch_size=256, learning_rate=1e-3, hidden=256,
           num_layers=4, num_timesteps=1000, schedule='linear', num_sampling_steps=100,
           log_every_steps=100, eval_every_steps=1000, checkpoint_every_steps=1000, seed=0),
