@@ -212,10 +212,30 @@ def copy_check(samples: np.ndarray, train_images: np.ndarray,
           'frac_samples_closer_than_test_p5': float(np.mean(d_samples < p5))}
 
 
+CLASSIFIER_FILE = 'sample_quality_classifier.msgpack'
+
+
 def score(variables, samples: np.ndarray, test_images: np.ndarray,
           train_images: np.ndarray) -> dict[str, float]:
-  """The Fréchet distance of samples to test images in the classifier's features,
-  with `copy_check`'s distances."""
+  """Sample quality against held-out images, with its real-data floor.
+
+  Args:
+    variables: a trained `FeatureClassifier`'s variables.
+    samples: [N, H, W, C] generated images in [0, 1] (clipped here).
+    test_images: [M, H, W, C] held-out images.
+    train_images: [K ≥ N, H, W, C] the model's training images.
+
+  Returns:
+    {'frechet_distance': samples vs test images, 'frechet_distance_real': the
+     first N training images vs the test images (what a perfect model's N
+     samples would score, the estimate's small-sample floor), 'num_samples',
+     and `copy_check`'s distances}.
+  """
+  test_features = features(variables, test_images)
+  n = len(samples)
   return {'frechet_distance': feature_frechet_distance(features(variables, samples),
-                                                       features(variables, test_images)),
+                                                       test_features),
+          'frechet_distance_real': feature_frechet_distance(
+              features(variables, train_images[:n]), test_features),
+          'num_samples': n,
           **copy_check(samples, train_images, test_images)}

@@ -20,6 +20,11 @@ deviation; the step normalises with them and keeps them in the state's
 `model_state['latent_norm']`, so a checkpoint holds the normalisation that
 sampling needs and a restored prior reads no data (step 0 holds mean 0, std 1).
 
+Both stages keep an EMA of their weights in the optimizer state (`track_ema`,
+decays `config.diffusion.ema_decay` and `config.diffusion.latent.ema_decay`):
+it is checkpointed and resumed with the state, the eval steps score it, and
+the latent codes, every metric, figure and sample below use it.
+
 `finish` measures reconstruction on `config.diffusion.num_eval_examples` test
 images — DDIM encode x_0 → x_T and decode back (`ddim_psnr`), and decode from
 z_sem with a random x_T (`zsem_psnr`, and `zsem_psnr_untrained`: the same
@@ -27,7 +32,11 @@ for the untrained model and the same x_T, its baseline; DDIM's round trip is
 exact for any noise predictor, so only z_sem shows learning), each the mean
 per-image PSNR in dB of the outputs clipped to [0, 1], with the model's
 `num_ddim_steps` — writes
-them to workdir/diffusion_metrics.json and draws reconstructions.png,
+them to workdir/diffusion_metrics.json with, when the latent stage exists,
+the sample quality of `num_quality_samples` samples
+(`applications.sample_quality.score`: a Fréchet distance in the features of
+a small MNIST classifier cached in the workdir, its real-data floor, and the
+nearest-training-image distances), and draws reconstructions.png,
 interpolation.png (lerp z_sem, slerp x_T), samples.png (with the latent
 stage), latent_map.png (test z_sem), training_curves.png and
 latent_training_curves.png.
@@ -89,6 +98,9 @@ def validate(config) -> None:
   for field in ('num_eval_examples', 'num_samples'):
     if section[field] <= 0:
       raise ValueError(f'config.diffusion.{field} must be > 0, got {section[field]}.')
+  if section.num_quality_samples < 2:
+    raise ValueError('config.diffusion.num_quality_samples must be >= 2 (a covariance), got '
+                     f'{section.num_quality_samples}.')
   for field, decay in (('ema_decay', section.ema_decay),
                        ('latent.ema_decay', section.latent.ema_decay)):
     if not 0.0 <= decay < 1.0:
@@ -349,6 +361,22 @@ def _psnr(reconstructions, x) -> np.ndarray:
   return denoising.psnr(np.asarray(x), np.clip(np.asarray(reconstructions), 0.0, 1.0))
 
 
+def sample_quality_of(config, samples: np.ndarray, workdir: str) -> dict[str, float]:
+  """`applications.sample_quality.score` of samples against the eval split.
+
+  The feature classifier trains once on the config's train split and is
+  cached in workdir/sample_quality_classifier.msgpack (copy it into another
+  run's workdir to score that run with the same network).
+  """
+  from ae_jax.applications import sample_quality  # pylint: disable=g-import-not-at-top
+  train_x, train_y = common.load_arrays(config, config.data.train_split)
+  test_x, _ = common.load_arrays(config, config.data.eval_split)
+  classifier = sample_quality.load_or_train_classifier(
+      os.path.join(workdir, sample_quality.CLASSIFIER_FILE), train_x, train_y,
+      key=jax.random.key(config.train.seed))
+  return sample_quality.score(classifier, samples, test_x, train_x)
+
+
 def finish(config, trained, workdir) -> dict[str, float]:
   """ddim_psnr and zsem_psnr (dB, mean over the test images); figures on process 0."""
   fitted = trained['model']
@@ -382,6 +410,12 @@ def finish(config, trained, workdir) -> dict[str, float]:
             'num_ddim_steps': model.num_ddim_steps}
   if 'latent' in trained:
     record.update({f'latent/{k}': v for k, v in trained['latent'].metrics.items()})
+    samples = np.asarray(diffusion_app.sample(
+        model, variables, latent_prior(config, trained['latent']), sample_key,
+        max(section.num_quality_samples, section.num_samples), images.shape[1:]))
+    quality = sample_quality_of(config, samples[:section.num_quality_samples], workdir)
+    record.update({f'samples/{k}': v for k, v in quality.items()})
+    metrics['samples/frechet_distance'] = quality['frechet_distance']
   with open(os.path.join(workdir, 'diffusion_metrics.json'), 'w') as f:
     json.dump(record, f, indent=1)
 
@@ -405,10 +439,8 @@ def finish(config, trained, workdir) -> dict[str, float]:
         plotting.figure_path(workdir, 'interpolation.png'), ncols=frames.shape[1],
         title=f'{head}: lerp z_sem, slerp x_T')
   if 'latent' in trained:
-    samples = diffusion_app.sample(model, variables, latent_prior(config, trained['latent']),
-                                   sample_key, section.num_samples, shown.shape[1:])
     plotting.save_image_grid(
-        np.asarray(samples), plotting.figure_path(workdir, 'samples.png'),
+        samples[:section.num_samples], plotting.figure_path(workdir, 'samples.png'),
         title=f'{head}: latent DDPM samples')
     common.training_curves(trained['latent'], workdir, 'latent_training_curves.png')
   codes = np.asarray(common.jit_apply(model, 'encode')(variables, jnp.asarray(images)))

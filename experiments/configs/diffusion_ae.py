@@ -32,6 +32,7 @@ def diffusion_section() -> ml_collections.ConfigDict:
       num_eval_examples=64,
       num_interpolation_points=8,
       num_samples=16,
+      num_quality_samples=256,
       ema_decay=0.999,
       latent=dict(
           ema_decay=0.999,
@@ -72,6 +73,7 @@ def get_config(arg=None):
     config.diffusion.num_eval_examples = 8
     config.diffusion.num_interpolation_points = 4
     config.diffusion.num_samples = 4
+    config.diffusion.num_quality_samples = 8
     # Both stages: 6 steps, checkpoints every 3 (the contract test's faults need it).
     config.diffusion.latent.update(dict(
         num_train_steps=6, batch_size=16, hidden=32, num_layers=2, num_timesteps=100,
