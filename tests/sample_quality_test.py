@@ -65,6 +65,7 @@ def test_nearest_distances_by_hand():
 
 @pytest.fixture(scope='module')
 def mnist():
+  """A classifier trained on MNIST 5k's train split (300 Adam steps of 128), and the data."""
   train_x, train_y = data_lib.load_arrays('mnist5k', 'train')
   test_x, test_y = data_lib.load_arrays('mnist5k', 'test')
   variables = sample_quality.train_classifier(train_x, train_y, key=jax.random.key(0),
@@ -72,12 +73,15 @@ def mnist():
   return variables, train_x, test_x, test_y
 
 
+@pytest.mark.integration
+@pytest.mark.learning
 def test_classifier_learns_digits(mnist):
   variables, _, test_x, test_y = mnist
   # Chance is 10%; a small conv net reaches ~95% on MNIST 5k in 300 steps.
   assert sample_quality.accuracy(variables, test_x, test_y) > 0.85
 
 
+@pytest.mark.integration
 def test_real_digits_score_far_better_than_noise_or_blur(mnist):
   variables, train_x, test_x, _ = mnist
   real_train = sample_quality.features(variables, train_x[:1000])
@@ -92,6 +96,7 @@ def test_real_digits_score_far_better_than_noise_or_blur(mnist):
   assert fd_noise > 20 * fd_real and fd_blur > 3 * fd_real, (fd_real, fd_blur, fd_noise)
 
 
+@pytest.mark.integration
 def test_copy_check_flags_copies_and_passes_held_out_digits(mnist):
   _, train_x, test_x, _ = mnist
   held_out = sample_quality.copy_check(test_x[:200], train_x, test_x)
@@ -100,8 +105,8 @@ def test_copy_check_flags_copies_and_passes_held_out_digits(mnist):
   assert copies['nn_ratio'] < 1e-3 and copies['frac_samples_closer_than_test_p5'] == 1.0
 
 
-def test_classifier_cache_round_trips(mnist, tmp_path):
-  variables, train_x, test_x, _ = mnist
+def test_classifier_cache_round_trips(tmp_path):
+  train_x = data_lib.load_arrays('mnist5k', 'train')[0]
   path = str(tmp_path / 'classifier.msgpack')
   first = sample_quality.load_or_train_classifier(path, train_x[:256], np.zeros(256, int),
                                                   key=jax.random.key(1), num_steps=2)
@@ -109,4 +114,3 @@ def test_classifier_cache_round_trips(mnist, tmp_path):
                                                   key=jax.random.key(2), num_steps=2)
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
     np.testing.assert_array_equal(a, b)
-  del variables, test_x

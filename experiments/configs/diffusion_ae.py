@@ -32,7 +32,7 @@ def diffusion_section() -> ml_collections.ConfigDict:
       num_eval_examples=64,
       num_interpolation_points=8,
       num_samples=16,
-      num_quality_samples=256,
+      num_quality_samples=128,
       ema_decay=0.999,
       latent=dict(
           ema_decay=0.999,
