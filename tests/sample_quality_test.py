@@ -93,7 +93,8 @@ def test_real_digits_score_far_better_than_noise_or_blur(mnist):
       sample_quality.features(variables, noise), real_test)
   fd_blur = sample_quality.feature_frechet_distance(
       sample_quality.features(variables, blurred), real_test)
-  assert fd_noise > 20 * fd_real and fd_blur > 3 * fd_real, (fd_real, fd_blur, fd_noise)
+  # Measured (300 steps, seed 0): real 6.7, blurred (σ = 1.5 px) 355, uniform noise 1121.
+  assert fd_noise > 100 * fd_real and fd_blur > 20 * fd_real, (fd_real, fd_blur, fd_noise)
 
 
 @pytest.mark.integration
