@@ -250,6 +250,8 @@ def test_the_recipe_builds_the_model_and_names_its_stages():
     ('latent.eval_every_steps', 0, 'eval_every_steps'),
     ('latent.schedule', 'square', 'Unknown noise schedule'),
     ('latent.num_sampling_steps', 5000, 'num_steps'),
+    ('ema_decay', 1.0, 'ema_decay'),
+    ('latent.ema_decay', -0.1, 'latent.ema_decay'),
 ])
 def test_bad_diffusion_settings_are_rejected_by_name(field, value, match):
   config = diffusion_ae_config.get_config('smoke')
@@ -260,6 +262,57 @@ def test_bad_diffusion_settings_are_rejected_by_name(field, value, match):
   section[name] = value
   with pytest.raises(ValueError, match=match):
     recipe.validate(config)
+
+
+# ----------------------------------------------------------------------------
+# EMA weights.
+# ----------------------------------------------------------------------------
+
+
+def test_track_ema_averages_the_updated_parameters_by_hand():
+  # p_0 = 1, updates u = 0.5 then u = -1: p_1 = 1.5, p_2 = 0.5. With warm-up the decays
+  # are (1 + n) / (10 + n) = 0.1 and 2/11 (below 0.9): ema_1 = 0.1 * 1 + 0.9 * 1.5 = 1.45,
+  # ema_2 = 2/11 * 1.45 + 9/11 * 0.5 = 0.6727...; without it, d = 0.9 throughout.
+  params = {'w': jnp.array([1.0])}
+  for warmup, expected in ((True, [1.45, 2 / 11 * 1.45 + 9 / 11 * 0.5]),
+                           (False, [0.9 + 0.1 * 1.5, 0.9 * 1.05 + 0.1 * 0.5])):
+    tx = recipe.track_ema(0.9, warmup=warmup)
+    state, p = tx.init(params), params
+    for u, want in zip((0.5, -1.0), expected):
+      updates, state = tx.update({'w': jnp.array([u])}, state, p)
+      assert float(updates['w'][0]) == u  # Passed through unchanged.
+      p = optax.apply_updates(p, updates)
+      assert float(recipe.ema_params(state)['w'][0]) == pytest.approx(want, rel=1e-6)
+  with pytest.raises(ValueError, match='decay'):
+    recipe.track_ema(1.0)
+  with pytest.raises(ValueError, match='one EmaState'):
+    recipe.ema_params(optax.adam(1e-3).init(params))
+
+
+def test_the_recipe_steps_carry_the_ema_and_evaluate_it():
+  config = diffusion_ae_config.get_config('smoke')
+  config.diffusion.ema_decay = 0.5
+  stage = recipe.make_stage(config, 'model', {})
+  state = stage.init(jax.random.key(0))
+  chex.assert_trees_all_equal(recipe.ema_params(state.opt_state), state.params)
+  x = jnp.asarray(data.load_arrays('mnist5k', 'test')[0][:8])
+  key = jax.random.key(1)
+  step = jax.jit(stage.train_step)
+  previous = state.params
+  state, _ = step(state, {'image': x}, key)
+  # After the first update the warm-up decay is min(0.5, 1/10) = 0.1.
+  chex.assert_trees_all_close(
+      recipe.ema_params(state.opt_state),
+      jax.tree.map(lambda a, b: 0.1 * a + 0.9 * b, previous, state.params), rtol=1e-6)
+  state, _ = step(state, {'image': x}, key)
+  ema = recipe.ema_params(state.opt_state)
+  assert not all(jax.tree.leaves(jax.tree.map(jnp.array_equal, ema, state.params)))
+  # The eval step scores the EMA weights, not the raw ones.
+  eval_key = jax.random.key(2)
+  got = stage.eval_step(state, {'image': x}, eval_key)
+  on_ema = train.eval_step_fn(recipe._model_and_objective(config)[1])(
+      state.replace(params=ema), {'image': x}, eval_key)
+  assert float(got['loss']) == pytest.approx(float(on_ema['loss']), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------
@@ -364,7 +417,9 @@ def latent_run(tiny, tmp_path_factory):
   config.data.eval_batch_size = 500  # Fewer encoder calls over the 4000 training digits.
   model_stage = recipe.make_stage(config, 'model', {})
   assert model_stage.model == model
-  encoder = Trained(stage=model_stage, state=train.create_train_state(variables, optax.sgd(0.0)),
+  # An optimizer state whose EMA holds `variables`, which the stage then encodes with.
+  state = train.create_train_state(variables, recipe.with_ema(optax.sgd(0.0), 0.9))
+  encoder = Trained(stage=model_stage, state=state,
                     metrics={}, workdir='', eval_key=jax.random.key(0))
   stage = recipe.make_stage(config, 'latent', {'model': encoder})
   workdir = tmp_path_factory.mktemp('latent')

@@ -20,6 +20,11 @@ deviation; the step normalises with them and keeps them in the state's
 `model_state['latent_norm']`, so a checkpoint holds the normalisation that
 sampling needs and a restored prior reads no data (step 0 holds mean 0, std 1).
 
+Both stages keep an EMA of their weights in the optimizer state (`track_ema`,
+decays `config.diffusion.ema_decay` and `config.diffusion.latent.ema_decay`):
+it is checkpointed and resumed with the state, the eval steps score it, and
+the latent codes, every metric, figure and sample below use it.
+
 `finish` measures reconstruction on `config.diffusion.num_eval_examples` test
 images — DDIM encode x_0 → x_T and decode back (`ddim_psnr`), and decode from
 z_sem with a random x_T (`zsem_psnr`, and `zsem_psnr_untrained`: the same
@@ -27,7 +32,11 @@ for the untrained model and the same x_T, its baseline; DDIM's round trip is
 exact for any noise predictor, so only z_sem shows learning), each the mean
 per-image PSNR in dB of the outputs clipped to [0, 1], with the model's
 `num_ddim_steps` — writes
-them to workdir/diffusion_metrics.json and draws reconstructions.png,
+them to workdir/diffusion_metrics.json with, when the latent stage exists,
+the sample quality of `num_quality_samples` samples
+(`applications.sample_quality.score`: a Fréchet distance in the features of
+a small MNIST classifier cached in the workdir, its real-data floor, and the
+nearest-training-image distances), and draws reconstructions.png,
 interpolation.png (lerp z_sem, slerp x_T), samples.png (with the latent
 stage), latent_map.png (test z_sem), training_curves.png and
 latent_training_curves.png.
@@ -43,6 +52,7 @@ import functools
 import itertools
 import json
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +98,13 @@ def validate(config) -> None:
   for field in ('num_eval_examples', 'num_samples'):
     if section[field] <= 0:
       raise ValueError(f'config.diffusion.{field} must be > 0, got {section[field]}.')
+  if section.num_quality_samples < 2:
+    raise ValueError('config.diffusion.num_quality_samples must be >= 2 (a covariance), got '
+                     f'{section.num_quality_samples}.')
+  for field, decay in (('ema_decay', section.ema_decay),
+                       ('latent.ema_decay', section.latent.ema_decay)):
+    if not 0.0 <= decay < 1.0:
+      raise ValueError(f'config.diffusion.{field} must be in [0, 1), got {decay}.')
   if section.num_interpolation_points < 2:
     raise ValueError('config.diffusion.num_interpolation_points must be >= 2 (the two '
                      f'endpoints), got {section.num_interpolation_points}.')
@@ -117,11 +134,108 @@ def make_stage(config, name, trained):
     model, objective = _model_and_objective(config)
     x = common.example_images(config)
     t = jnp.zeros((x.shape[0],), jnp.int32)
+    tx = with_ema(common.build_optimizer(config.optim), config.diffusion.ema_decay)
     return common.objective_stage(config, model=model, objective=objective,
-                                  init_variables=lambda key: model.init(key, x, x, t))
+                                  init_variables=lambda key: model.init(key, x, x, t), tx=tx,
+                                  eval_step=_ema_eval_step(objective))
   if name == 'latent':
     return _latent_stage(config, trained['model'])
   raise ValueError(f'The diffusion_ae recipe has stages {stages(config)}, not {name!r}.')
+
+
+# ----------------------------------------------------------------------------
+# EMA of the weights, carried in the optimizer state.
+# ----------------------------------------------------------------------------
+
+
+class EmaState(NamedTuple):
+  """The state of `track_ema`: updates applied so far and the running average."""
+  count: jax.Array
+  ema: Any
+
+
+def ema_decay(decay: float, count: jax.Array, warmup: bool = True) -> jax.Array:
+  """min(decay, (1 + n) / (10 + n)) after n updates with warm-up, else decay.
+
+  The warm-up keeps a short run's average off its first, untrained weights:
+  the effective window grows with the run until it reaches 1 / (1 - decay).
+  """
+  n = count.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + n) / (10.0 + n)) if warmup else jnp.asarray(decay)
+
+
+def track_ema(decay: float, *, warmup: bool = True) -> optax.GradientTransformation:
+  """An optax transformation that keeps an EMA of the parameters after each update.
+
+  Put it last in an `optax.chain`: it sees the final `updates` and the
+  parameters before them, averages p' = p + u into its state,
+  ema ← d ema + (1 - d) p' with d = `ema_decay(decay, n)`, and passes the
+  updates through unchanged. Living in the optimizer state, the average is
+  checkpointed and restored with it, and the loop needs no change
+  (`ema_params` reads it back).
+
+  Args:
+    decay: the EMA decay in [0, 1).
+    warmup: shorten the window early in training (`ema_decay`).
+
+  Returns:
+    The transformation; its `update` needs `params`.
+
+  References:
+    Polyak & Juditsky, "Acceleration of Stochastic Approximation by
+    Averaging", 1992; Preechakul et al. 2022, Appendix (EMA 0.9999 of the
+    autoencoder and the latent DDIM, used for every result).
+  """
+  if not 0.0 <= decay < 1.0:
+    raise ValueError(f'The EMA decay must be in [0, 1), got {decay}.')
+
+  def init(params):
+    return EmaState(count=jnp.zeros((), jnp.int32), ema=jax.tree.map(jnp.array, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError('track_ema needs the parameters: call update(updates, state, params).')
+    new_params = optax.apply_updates(params, updates)
+    d = ema_decay(decay, state.count, warmup)
+    ema = jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), state.ema,
+                       new_params)
+    return updates, EmaState(count=state.count + 1, ema=ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state) -> Any:
+  """The EMA parameters held by the `track_ema` inside an optimizer state.
+
+  Raises:
+    ValueError: the state holds no `EmaState`.
+  """
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, EmaState))
+           if isinstance(s, EmaState)]
+  if len(found) != 1:
+    raise ValueError(f'Expected one EmaState in the optimizer state, found {len(found)}.')
+  return found[0].ema
+
+
+def with_ema(tx: optax.GradientTransformation, decay: float) -> optax.GradientTransformation:
+  """`tx`, then `track_ema(decay)`: the optimizer of both stages."""
+  return optax.chain(tx, track_ema(decay))
+
+
+def _ema_eval_step(objective):
+  """The eval step of `objective` at the EMA parameters (the ones evaluated and sampled)."""
+  base = train.eval_step_fn(objective)
+
+  def eval_step(state, batch, key):
+    return base(state.replace(params=ema_params(state.opt_state)), batch, key)
+
+  return eval_step
+
+
+def ema_variables(fitted) -> dict[str, Any]:
+  """A fitted stage's variables with its EMA parameters (`Trained.variables`' EMA twin)."""
+  state = fitted.state
+  return {**ema_params(state.opt_state), **getattr(state, 'model_state', {})}
 
 
 # ----------------------------------------------------------------------------
@@ -171,11 +285,14 @@ def _latent_objective(ddpm):
 
 def _latent_stage(config, encoder) -> Stage:
   latent = config.diffusion.latent
-  model, variables = encoder.stage.model, encoder.variables
+  # The codes come from the autoencoder's EMA weights, the ones evaluated and sampled.
+  model, variables = encoder.stage.model, ema_variables(encoder)
   denoiser = models.LatentDenoiser(hidden=latent.hidden, num_layers=latent.num_layers)
   objective = _latent_objective(objectives.make_latent_ddpm_objective(
       denoiser, num_timesteps=latent.num_timesteps, schedule=latent.schedule))
-  tx = optax.adam(optax.cosine_decay_schedule(latent.learning_rate, latent.num_train_steps))
+  tx = with_ema(optax.adam(optax.cosine_decay_schedule(latent.learning_rate,
+                                                        latent.num_train_steps)),
+                 latent.ema_decay)
   dim = model.latent_dim
 
   def init(key):
@@ -218,7 +335,7 @@ def _latent_stage(config, encoder) -> Stage:
       keep_checkpoints=config.train.keep_checkpoints, num_eval_batches=None,
       progress_bar=config.train.progress_bar)
   return Stage(name='latent', init=init, train_step=train.train_step_fn(objective, tx),
-               eval_step=train.eval_step_fn(objective), train_data=train_data,
+               eval_step=_ema_eval_step(objective), train_data=train_data,
                eval_data=eval_data, schedule=schedule, seed=latent.seed, model=denoiser)
 
 
@@ -227,7 +344,7 @@ def latent_prior(config, trained) -> diffusion_app.LatentPrior:
   latent = config.diffusion.latent
   state = trained.state
   return diffusion_app.LatentPrior(
-      denoiser=trained.stage.model, variables=state.params,
+      denoiser=trained.stage.model, variables=ema_params(state.opt_state),
       mean=jnp.asarray(state.model_state[NORM]['mean']),
       std=jnp.asarray(state.model_state[NORM]['std']),
       alpha_bars=diffusion.alpha_bars(diffusion.beta_schedule(latent.schedule,
@@ -244,10 +361,26 @@ def _psnr(reconstructions, x) -> np.ndarray:
   return denoising.psnr(np.asarray(x), np.clip(np.asarray(reconstructions), 0.0, 1.0))
 
 
+def sample_quality_of(config, samples: np.ndarray, workdir: str) -> dict[str, float]:
+  """`applications.sample_quality.score` of samples against the eval split.
+
+  The feature classifier trains once on the config's train split and is
+  cached in workdir/sample_quality_classifier.msgpack (copy it into another
+  run's workdir to score that run with the same network).
+  """
+  from ae_jax.applications import sample_quality  # pylint: disable=g-import-not-at-top
+  train_x, train_y = common.load_arrays(config, config.data.train_split)
+  test_x, _ = common.load_arrays(config, config.data.eval_split)
+  classifier = sample_quality.load_or_train_classifier(
+      os.path.join(workdir, sample_quality.CLASSIFIER_FILE), train_x, train_y,
+      key=jax.random.key(config.train.seed))
+  return sample_quality.score(classifier, samples, test_x, train_x)
+
+
 def finish(config, trained, workdir) -> dict[str, float]:
   """ddim_psnr and zsem_psnr (dB, mean over the test images); figures on process 0."""
   fitted = trained['model']
-  model, variables = fitted.stage.model, fitted.variables
+  model, variables = fitted.stage.model, ema_variables(fitted)
   section = config.diffusion
   n = config.train.num_figure_examples
   num = section.num_eval_examples
@@ -277,6 +410,12 @@ def finish(config, trained, workdir) -> dict[str, float]:
             'num_ddim_steps': model.num_ddim_steps}
   if 'latent' in trained:
     record.update({f'latent/{k}': v for k, v in trained['latent'].metrics.items()})
+    samples = np.asarray(diffusion_app.sample(
+        model, variables, latent_prior(config, trained['latent']), sample_key,
+        max(section.num_quality_samples, section.num_samples), images.shape[1:]))
+    quality = sample_quality_of(config, samples[:section.num_quality_samples], workdir)
+    record.update({f'samples/{k}': v for k, v in quality.items()})
+    metrics['samples/frechet_distance'] = quality['frechet_distance']
   with open(os.path.join(workdir, 'diffusion_metrics.json'), 'w') as f:
     json.dump(record, f, indent=1)
 
@@ -300,10 +439,8 @@ def finish(config, trained, workdir) -> dict[str, float]:
         plotting.figure_path(workdir, 'interpolation.png'), ncols=frames.shape[1],
         title=f'{head}: lerp z_sem, slerp x_T')
   if 'latent' in trained:
-    samples = diffusion_app.sample(model, variables, latent_prior(config, trained['latent']),
-                                   sample_key, section.num_samples, shown.shape[1:])
     plotting.save_image_grid(
-        np.asarray(samples), plotting.figure_path(workdir, 'samples.png'),
+        samples[:section.num_samples], plotting.figure_path(workdir, 'samples.png'),
         title=f'{head}: latent DDPM samples')
     common.training_curves(trained['latent'], workdir, 'latent_training_curves.png')
   codes = np.asarray(common.jit_apply(model, 'encode')(variables, jnp.asarray(images)))
