@@ -289,6 +289,7 @@ def test_track_ema_averages_the_updated_parameters_by_hand():
     recipe.ema_params(optax.adam(1e-3).init(params))
 
 
+@pytest.mark.integration  # About a minute on 2 cores: compiles both stages' steps.
 def test_the_recipe_steps_carry_the_ema_and_evaluate_it():
   config = diffusion_ae_config.get_config('smoke')
   config.diffusion.ema_decay = 0.5
